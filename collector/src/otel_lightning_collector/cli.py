@@ -1,0 +1,52 @@
+"""`otel-lightning collector`: run the collector (registered through the otel_lightning.commands entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+
+from otel_lightning_collector.credit import CREDIT_RULES
+from otel_lightning_collector.server import CollectorConfig, CollectorServer
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("collector", help="run the OTLP collector that builds and streams transitions")
+    parser.add_argument("--listen", default=_env("LIGHTNING_COLLECTOR_LISTEN", "127.0.0.1:4317"),
+                        help="host:port for OTLP/gRPC and the transition stream (env LIGHTNING_COLLECTOR_LISTEN)")
+    parser.add_argument("--store", default=_env("LIGHTNING_STORE", "otel-lightning.db"),
+                        help="SQLite file holding spans, rollouts and transitions (env LIGHTNING_STORE)")
+    parser.add_argument("--credit", default=_env("LIGHTNING_CREDIT", "auto"), choices=sorted(CREDIT_RULES),
+                        help="credit-assignment rule for rewards (env LIGHTNING_CREDIT)")
+    parser.add_argument("--settle-ms", type=float, default=float(_env("LIGHTNING_SETTLE_MS", "0")),
+                        help="wait this long after a rollout's root span before completing it (env LIGHTNING_SETTLE_MS)")
+    parser.add_argument("--rollout-timeout", type=float, default=float(_env("LIGHTNING_ROLLOUT_TIMEOUT", "600")),
+                        help="seconds without spans after which a rollout with no root is completed as incomplete")
+    parser.add_argument("--durability", choices=("normal", "full"), default=_env("LIGHTNING_DURABILITY", "normal"),
+                        help="normal: survives a killed collector; full: also survives power loss (slower)")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = CollectorConfig(
+        listen=args.listen,
+        store_path=args.store,
+        credit=args.credit,
+        settle_s=args.settle_ms / 1000.0,
+        rollout_timeout_s=args.rollout_timeout,
+        durability=args.durability,
+    )
+    server = CollectorServer(config).start()
+    print(f"otel-lightning collector listening on {server.address} (store: {config.store_path})", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0

@@ -1,0 +1,84 @@
+"""CollectorServer: the store, the assembler and both gRPC services on one port."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from otel_lightning_collector.assembler import RolloutAssembler
+from otel_lightning_collector.notifier import Notifier
+from otel_lightning_collector.otlp_receiver import OtlpTraceReceiver
+from otel_lightning_collector.store import Store
+from otel_lightning_collector.stream_service import TransitionStreamService
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectorConfig:
+    listen: str = "127.0.0.1:4317"
+    store_path: str | Path = "otel-lightning.db"
+    credit: str = "auto"
+    settle_s: float = 0.0
+    rollout_timeout_s: float = 600.0
+    durability: str = "normal"  # "normal": survives a killed process; "full": also power loss
+    max_workers: int = 32
+    max_concurrent_exports: int = 16
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+class CollectorServer:
+    """Start with `start()` (or as a context manager); `port` is the bound port (listen on :0 for any)."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.store = Store(config.store_path, synchronous=config.durability.upper())
+        self.notifier = Notifier()
+        self.assembler = RolloutAssembler(
+            self.store,
+            self.notifier,
+            credit=config.credit,
+            settle_s=config.settle_s,
+            rollout_timeout_s=config.rollout_timeout_s,
+        )
+        self.receiver = OtlpTraceReceiver(
+            self.store, self.assembler, max_concurrent_exports=config.max_concurrent_exports
+        )
+        self.stream = TransitionStreamService(self.store, self.notifier)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="collector-rpc"),
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self._server.add_generic_rpc_handlers((self.receiver.handler(), self.stream.handler()))
+        self.port = self._server.add_insecure_port(config.listen)
+        if self.port == 0:
+            raise OSError(f"could not listen on {config.listen}: the address is taken or invalid")
+        host = config.listen.rsplit(":", 1)[0]
+        self.address = f"{host}:{self.port}"
+
+    def start(self) -> CollectorServer:
+        self.assembler.start()
+        self._server.start()
+        logger.info("otel-lightning collector listening on %s, store %s", self.address, self.store.path)
+        return self
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        self._server.stop(grace_s).wait()
+        self.assembler.stop()
+        self.store.close()
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()
+
+    def __enter__(self) -> CollectorServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

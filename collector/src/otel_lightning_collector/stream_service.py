@@ -1,0 +1,119 @@
+"""The TransitionStream service: events in commit order, cumulative acks, bounded in-flight window."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from otel_lightning.v1 import transitions_pb2 as pb
+from otel_lightning_collector.notifier import Notifier
+from otel_lightning_collector.store import EVENT_TRANSITION, Store, StoredEvent
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "otel_lightning.v1.TransitionStream"
+DEFAULT_MAX_IN_FLIGHT = 256
+_PAGE = 256
+_POLL_S = 0.5
+
+
+def to_stream_event(stored: StoredEvent) -> pb.StreamEvent:
+    event = pb.StreamEvent(sequence=stored.sequence)
+    target = event.transition if stored.kind == EVENT_TRANSITION else event.rollout
+    target.ParseFromString(stored.body)
+    return event
+
+
+class _Acks:
+    """Acks read from the client's half of the stream, on a thread of their own."""
+
+    def __init__(self, store: Store, consumer: str, start: int) -> None:
+        self.store = store
+        self.consumer = consumer
+        self.acked = start
+        self.error: str | None = None
+        self.finished = threading.Event()
+        self.changed = threading.Condition()
+
+    def read(self, requests: Iterator[bytes]) -> None:
+        try:
+            for raw in requests:
+                request = pb.SubscribeRequest.FromString(raw)
+                if request.WhichOneof("request") != "ack":
+                    self.error = "after the first Subscribe, only Acks may be sent"
+                    break
+                self._ack(request.ack.sequence)
+        except DecodeError as error:
+            self.error = f"malformed SubscribeRequest: {error}"
+        except grpc.RpcError:
+            pass  # the client went away; the stream ends below
+        finally:
+            self.finished.set()
+            with self.changed:
+                self.changed.notify_all()
+
+    def _ack(self, sequence: int) -> None:
+        with self.changed:
+            if sequence <= self.acked:
+                return
+            self.acked = sequence
+            self.changed.notify_all()
+        if self.consumer:
+            self.store.ack(self.consumer, sequence)
+
+
+class TransitionStreamService:
+    def __init__(self, store: Store, notifier: Notifier) -> None:
+        self.store = store
+        self.notifier = notifier
+
+    def subscribe(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        first = next(requests, None)
+        try:
+            request = pb.SubscribeRequest.FromString(first) if first is not None else None
+        except DecodeError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed SubscribeRequest: {error}")
+        if request is None or request.WhichOneof("request") != "subscribe":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first SubscribeRequest must be a Subscribe")
+        subscribe = request.subscribe
+        start = self.store.acked_sequence(subscribe.consumer) if subscribe.consumer else subscribe.start_after
+        window = subscribe.max_in_flight or DEFAULT_MAX_IN_FLIGHT
+        # Without follow, the reader gets what was committed when it subscribed, then CaughtUp.
+        end = None if subscribe.follow else self.store.last_sequence()
+        acks = _Acks(self.store, subscribe.consumer, start)
+        threading.Thread(target=acks.read, args=(requests,), name="stream-acks", daemon=True).start()
+
+        sent = start
+        while context.is_active():
+            if acks.error:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, acks.error)
+            room = window - (sent - acks.acked)
+            if room <= 0:
+                with acks.changed:
+                    acks.changed.wait_for(lambda: sent - acks.acked < window or acks.finished.is_set(), _POLL_S)
+                if acks.finished.is_set() and sent - acks.acked >= window:
+                    return
+                continue
+            generation = self.notifier.generation
+            events = self.store.events_after(sent, min(room, _PAGE), end)
+            for stored in events:
+                yield to_stream_event(stored).SerializeToString()
+                sent = stored.sequence
+            if events:
+                continue
+            if end is not None:
+                yield pb.StreamEvent(sequence=sent, caught_up=pb.CaughtUp(last_sequence=end)).SerializeToString()
+                # Keep the call open until the client has sent its last acks and closed its side.
+                acks.finished.wait(timeout=30)
+                return
+            self.notifier.wait(generation, _POLL_S)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {"Subscribe": grpc.stream_stream_rpc_method_handler(self.subscribe)},
+        )

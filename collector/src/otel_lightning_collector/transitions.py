@@ -1,0 +1,166 @@
+"""Build a rollout's (state, action, reward, next_state) transitions from its spans."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from otel_lightning import semconv
+from otel_lightning.v1 import transitions_pb2 as pb
+from otel_lightning_collector.credit import CreditRule
+from otel_lightning_collector.spans import attributes
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+LLM_ERROR = "llm_error"
+MALFORMED = "malformed"
+INCOMPLETE = "incomplete"
+
+
+@dataclass
+class Step:
+    span: Span
+    attributes: dict[str, Any]
+    agent: str
+
+
+@dataclass
+class BuiltRollout:
+    transitions: list[pb.Transition] = field(default_factory=list)
+    completed: pb.RolloutCompleted = field(default_factory=pb.RolloutCompleted)
+
+
+def _error_of(span: Span) -> tuple[str, str]:
+    """(type, message) of a failed span, from its exception event where there is one."""
+    for event in span.events:
+        if event.name == "exception":
+            found = attributes(event.attributes)
+            return str(found.get("exception.type", "")), str(found.get("exception.message", ""))
+    return "", span.status.message
+
+
+def _state_json(step_attributes: dict[str, Any]) -> str:
+    messages = json.loads(step_attributes.get(semconv.GEN_AI_INPUT_MESSAGES) or "[]")
+    state: dict[str, Any] = {"messages": messages}
+    tools = step_attributes.get(semconv.GEN_AI_TOOL_DEFINITIONS)
+    if tools:
+        state["tools"] = json.loads(tools)
+    return json.dumps(state, ensure_ascii=False, separators=(",", ":"))
+
+
+def _action_json(step_attributes: dict[str, Any]) -> str:
+    outputs = json.loads(step_attributes.get(semconv.GEN_AI_OUTPUT_MESSAGES) or "[]")
+    return json.dumps(outputs[0] if outputs else {}, ensure_ascii=False, separators=(",", ":"))
+
+
+def build_rollout(
+    rollout_id: str,
+    task_id: str,
+    attempt: int,
+    span_bodies: list[bytes],
+    credit: CreditRule,
+    *,
+    root_missing_status: str = INCOMPLETE,
+) -> BuiltRollout:
+    """Transitions of one rollout, in step order, and its completion record.
+
+    LLM spans are the steps (failed LLM calls produce no action, so no transition); reward spans
+    are spread over the steps by `credit`; next_state is the next step of the same agent.
+    """
+    spans = [Span.FromString(body) for body in span_bodies]
+    root: Span | None = None
+    steps: list[Step] = []
+    rewards: list[tuple[int, float]] = []
+    failed_llm: Span | None = None
+    malformed: list[str] = []
+    for span in spans:
+        found = attributes(span.attributes)
+        kind = found.get(semconv.SPAN_KIND)
+        if kind == semconv.SPAN_KIND_ROLLOUT:
+            root = span
+        elif kind == semconv.SPAN_KIND_REWARD:
+            value = found.get(semconv.REWARD_VALUE)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rewards.append((span.start_time_unix_nano, float(value)))
+            else:
+                malformed.append(f"reward span {span.span_id.hex()} has no numeric {semconv.REWARD_VALUE}")
+        elif kind == semconv.SPAN_KIND_LLM:
+            if span.status.code == Status.STATUS_CODE_ERROR:
+                failed_llm = failed_llm or span
+                continue
+            agent = str(found.get(semconv.AGENT_NAME) or semconv.DEFAULT_AGENT_NAME)
+            steps.append(Step(span, found, agent))
+    steps.sort(key=lambda s: (s.span.end_time_unix_nano, s.span.start_time_unix_nano, s.span.span_id))
+    rewards.sort()
+
+    status, error_type, error_message = SUCCEEDED, "", ""
+    if root is None:
+        status, error_message = root_missing_status, "the rollout's root span never arrived"
+    elif root.status.code == Status.STATUS_CODE_ERROR:
+        status = FAILED
+        error_type, error_message = _error_of(root)
+    elif failed_llm is not None:
+        status = LLM_ERROR
+        error_type, error_message = _error_of(failed_llm)
+    elif malformed:
+        status, error_message = MALFORMED, "; ".join(malformed)
+    elif not steps:
+        status, error_message = MALFORMED, "no LLM call in the rollout"
+
+    built = BuiltRollout()
+    step_rewards = credit([s.span.end_time_unix_nano for s in steps], rewards)
+    per_agent_index: dict[str, int] = {}
+    last_of_agent: dict[str, pb.Transition] = {}
+    for step, reward in zip(steps, step_rewards, strict=True):
+        try:
+            state_json, action_json = _state_json(step.attributes), _action_json(step.attributes)
+        except (ValueError, IndexError, AttributeError) as error:
+            status, error_message = MALFORMED, f"LLM span {step.span.span_id.hex()} has unreadable messages: {error}"
+            built.transitions.clear()
+            break
+        index = per_agent_index.get(step.agent, 0)
+        per_agent_index[step.agent] = index + 1
+        found = step.attributes
+        transition = pb.Transition(
+            rollout_id=rollout_id,
+            task_id=task_id,
+            attempt=attempt,
+            step=index,
+            agent=step.agent,
+            state_json=state_json,
+            action_json=action_json,
+            reward=reward,
+            done=True,
+            prompt_token_ids=found.get(semconv.PROMPT_TOKEN_IDS) or [],
+            response_token_ids=found.get(semconv.RESPONSE_TOKEN_IDS) or [],
+            response_logprobs=found.get(semconv.RESPONSE_LOGPROBS) or [],
+            policy_version=str(found.get(semconv.POLICY_VERSION, "")),
+            model=str(found.get(semconv.GEN_AI_RESPONSE_MODEL) or found.get(semconv.GEN_AI_REQUEST_MODEL) or ""),
+            trace_id=step.span.trace_id.hex(),
+            span_id=step.span.span_id.hex(),
+        )
+        previous = last_of_agent.get(step.agent)
+        if previous is not None:
+            previous.next_state_json = state_json
+            previous.done = False
+        last_of_agent[step.agent] = transition
+        built.transitions.append(transition)
+
+    for transition in built.transitions:
+        transition.rollout_status = status
+    built.completed = pb.RolloutCompleted(
+        rollout_id=rollout_id,
+        task_id=task_id,
+        attempt=attempt,
+        status=status,
+        error_type=error_type,
+        error_message=error_message,
+        total_reward=sum(value for _, value in rewards),
+        transition_count=len(built.transitions),
+        span_count=len(spans),
+        has_reward=bool(rewards),
+    )
+    return built

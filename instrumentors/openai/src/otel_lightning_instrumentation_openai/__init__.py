@@ -1,0 +1,125 @@
+"""OpenTelemetry instrumentation of the OpenAI Python client for otel-lightning.
+
+Each `chat.completions.create` and `responses.create` call (sync, async, streaming or not) gets
+one span with the request, the response, usage and, when the server returns them (vLLM with
+`return_token_ids`, the otel-lightning policy server), the exact token ids and logprobs::
+
+    from otel_lightning_instrumentation_openai import OpenAIInstrumentor
+
+    OpenAIInstrumentor().instrument()
+
+Under `opentelemetry-instrument python my_agent.py` it is picked up through the
+`opentelemetry_instrumentor` entry point; nothing needs to change in the agent.
+
+Set `LIGHTNING_CAPTURE_CONTENT=false` to keep prompts and completions out of the spans.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+from wrapt import wrap_function_wrapper
+
+from otel_lightning import ensure_rollout_processor
+from otel_lightning_instrumentation_openai.extract import CHAT_COMPLETIONS, RESPONSES
+from otel_lightning_instrumentation_openai.llm_span import (
+    SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY,
+    LLMCall,
+)
+from otel_lightning_instrumentation_openai.package import _instruments
+from otel_lightning_instrumentation_openai.streaming import RecordedAsyncStream, RecordedStream
+from otel_lightning_instrumentation_openai.version import __version__
+
+logger = logging.getLogger(__name__)
+
+SCOPE_NAME = __name__
+
+# (module, class, api) of every method wrapped; `create` of each.
+_WRAPPED_METHODS = (
+    ("openai.resources.chat.completions", "Completions", CHAT_COMPLETIONS),
+    ("openai.resources.chat.completions", "AsyncCompletions", CHAT_COMPLETIONS),
+    ("openai.resources.responses", "Responses", RESPONSES),
+    ("openai.resources.responses", "AsyncResponses", RESPONSES),
+)
+
+
+def _skip() -> bool:
+    # Skip when instrumentation is suppressed, or an outer LLM instrumentor already owns this call.
+    return not is_instrumentation_enabled() or bool(otel_context.get_value(SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY))
+
+
+def _start_call(tracer: trace.Tracer, api: str, kwargs: dict[str, Any]) -> LLMCall | None:
+    try:
+        return LLMCall(tracer, SCOPE_NAME, api, kwargs)
+    except Exception:
+        logger.warning("otel-lightning could not start an OpenAI span; the call proceeds untraced", exc_info=True)
+        return None
+
+
+def _sync_wrapper(tracer: trace.Tracer, api: str) -> Any:
+    def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        call = None if _skip() else _start_call(tracer, api, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            with call.activated():
+                result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            call.fail(error)
+            raise
+        if kwargs.get("stream") is True:
+            return RecordedStream(result, call)
+        call.finish(result)
+        return result
+
+    return wrapper
+
+
+def _async_wrapper(tracer: trace.Tracer, api: str) -> Any:
+    async def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        call = None if _skip() else _start_call(tracer, api, kwargs)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            with call.activated():
+                result = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            call.fail(error)
+            raise
+        if kwargs.get("stream") is True:
+            return RecordedAsyncStream(result, call)
+        call.finish(result)
+        return result
+
+    return wrapper
+
+
+class OpenAIInstrumentor(BaseInstrumentor):
+    """Instruments `openai` chat completions and responses for otel-lightning."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        tracer_provider = kwargs.get("tracer_provider")
+        tracer = trace.get_tracer(SCOPE_NAME, __version__, tracer_provider=tracer_provider)
+        # Spans of this process must carry their rollout, also under `opentelemetry-instrument`.
+        ensure_rollout_processor(tracer_provider)
+        for module, cls, api in _WRAPPED_METHODS:
+            factory = _async_wrapper if cls.startswith("Async") else _sync_wrapper
+            wrap_function_wrapper(module, f"{cls}.create", factory(tracer, api))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        import importlib
+
+        for module, cls, _ in _WRAPPED_METHODS:
+            unwrap(getattr(importlib.import_module(module), cls), "create")
+
+
+__all__ = ["OpenAIInstrumentor", "__version__"]

@@ -1,0 +1,68 @@
+"""Span names and attribute keys shared by the SDK, the instrumentors and the collector.
+
+GenAI semantic conventions (`gen_ai.*`) are used where they fit; what RL needs beyond them lives
+under `lightning.*`. Every other module refers to these names, never to string literals.
+"""
+
+# --- rollout identity (stamped on every span inside a rollout) --------------------------------
+ROLLOUT_ID = "lightning.rollout.id"
+TASK_ID = "lightning.task.id"
+ATTEMPT = "lightning.attempt"
+
+# Baggage keys carrying the rollout identity across threads, tasks and processes.
+BAGGAGE_ROLLOUT_ID = ROLLOUT_ID
+BAGGAGE_TASK_ID = TASK_ID
+BAGGAGE_ATTEMPT = ATTEMPT
+BAGGAGE_AGENT_NAME = "lightning.agent.name"
+
+# --- what a span is, for the collector ----------------------------------------------------------
+SPAN_KIND = "lightning.span.kind"
+SPAN_KIND_ROLLOUT = "rollout"
+SPAN_KIND_LLM = "llm"
+SPAN_KIND_TOOL = "tool"
+SPAN_KIND_AGENT = "agent"
+SPAN_KIND_REWARD = "reward"
+
+ROLLOUT_SPAN_NAME = "lightning.rollout"
+REWARD_SPAN_NAME = "lightning.reward"
+
+AGENT_NAME = "lightning.agent.name"
+DEFAULT_AGENT_NAME = "default"
+
+# --- rewards ----------------------------------------------------------------------------------
+REWARD_VALUE = "lightning.reward.value"
+REWARD_NAME = "lightning.reward.name"
+# JSON object of named components when a reward function returns a dict.
+REWARD_COMPONENTS = "lightning.reward.components"
+
+# --- LLM calls: GenAI semantic conventions ------------------------------------------------------
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_SYSTEM = "gen_ai.system"
+GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+GEN_AI_REQUEST_TOP_P = "gen_ai.request.top_p"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+# JSON arrays of messages, as in the GenAI conventions' opt-in content attributes.
+GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
+GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+GEN_AI_TOOL_DEFINITIONS = "gen_ai.tool.definitions"
+GEN_AI_TOOL_NAME = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+
+# --- LLM calls: what RL needs beyond GenAI ------------------------------------------------------
+LLM_API = "lightning.llm.api"  # "chat.completions" | "responses"
+LLM_STREAMING = "lightning.llm.streaming"
+PROMPT_TOKEN_IDS = "lightning.llm.prompt_token_ids"
+RESPONSE_TOKEN_IDS = "lightning.llm.response_token_ids"
+RESPONSE_LOGPROBS = "lightning.llm.response_logprobs"
+POLICY_VERSION = "lightning.policy.version"
+
+# --- configuration ------------------------------------------------------------------------------
+# Set to "false" to keep prompts and completions out of spans (they may hold private data).
+ENV_CAPTURE_CONTENT = "LIGHTNING_CAPTURE_CONTENT"

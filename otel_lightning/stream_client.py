@@ -1,0 +1,192 @@
+"""TransitionStreamClient: receive transitions from a collector, ack them, resume after reconnects."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from otel_lightning.v1 import transitions_pb2 as pb
+from otel_lightning.v1 import transitions_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+_CLOSE = object()
+
+
+class TransitionStreamClient:
+    """Iterate events of the collector's TransitionStream in commit order.
+
+        client = TransitionStreamClient("127.0.0.1:4317", consumer="trainer")
+        for event in client:
+            if event.HasField("transition"):
+                train_on(event.transition)
+            client.ack(event.sequence)
+
+    A named `consumer` resumes after its last ack on the collector (also across restarts). Acks
+    are cumulative; `auto_ack=True` acks each event as the next one is requested. A lost
+    connection is retried (`reconnect_timeout_s`), and events already delivered are skipped, so
+    the caller sees each one once. Without `follow`, iteration ends once the stored events are read.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        consumer: str = "",
+        *,
+        follow: bool = True,
+        start_after: int = 0,
+        max_in_flight: int = 256,
+        auto_ack: bool = False,
+        reconnect_timeout_s: float = 30.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.consumer = consumer
+        self.follow = follow
+        self.max_in_flight = max_in_flight
+        self.auto_ack = auto_ack
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self._channel = channel or grpc.insecure_channel(target)
+        self._stub = pb_grpc.TransitionStreamStub(self._channel)
+        self._delivered = start_after
+        self._acked = start_after
+        self._requests: queue.Queue[Any] | None = None
+        self._call: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def ack(self, sequence: int) -> None:
+        """Mark everything up to `sequence` as processed."""
+        with self._lock:
+            if sequence <= self._acked:
+                return
+            self._acked = sequence
+            requests = self._requests
+        if requests is not None:
+            requests.put(pb.SubscribeRequest(ack=pb.Ack(sequence=sequence)))
+
+    def _request_stream(self, requests: queue.Queue[Any], first: pb.SubscribeRequest) -> Iterator[pb.SubscribeRequest]:
+        yield first
+        while True:
+            item = requests.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def _open(self) -> Iterator[pb.StreamEvent]:
+        requests: queue.Queue[Any] = queue.Queue()
+        subscribe = pb.Subscribe(
+            consumer=self.consumer,
+            start_after=self._delivered,
+            follow=self.follow,
+            max_in_flight=self.max_in_flight,
+        )
+        with self._lock:
+            self._requests = requests
+            # A reconnect must not wait on acks the old call never passed on.
+            pending_ack = self._acked
+        if pending_ack:
+            requests.put(pb.SubscribeRequest(ack=pb.Ack(sequence=pending_ack)))
+        self._call = self._stub.Subscribe(self._request_stream(requests, pb.SubscribeRequest(subscribe=subscribe)))
+        return self._call
+
+    def __iter__(self) -> Iterator[pb.StreamEvent]:
+        deadline: float | None = None
+        while not self._closed:
+            try:
+                for event in self._open():
+                    deadline = None
+                    if event.HasField("caught_up"):
+                        self._finish_call()
+                        return
+                    if event.sequence <= self._delivered:
+                        continue  # redelivered after a reconnect: the caller has it already
+                    self._delivered = event.sequence
+                    yield event
+                    if self.auto_ack:
+                        self.ack(event.sequence)
+                if not self.follow:
+                    return
+            except grpc.RpcError as error:
+                if self._closed or error.code() not in _RETRYABLE:
+                    if self._closed:
+                        return
+                    raise
+                deadline = deadline or time.monotonic() + self.reconnect_timeout_s
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("transition stream from %s lost (%s); reconnecting", self.target, error.code().name)
+                time.sleep(0.2)
+
+    def _finish_call(self) -> None:
+        with self._lock:
+            requests = self._requests
+            self._requests = None
+        if requests is not None:
+            requests.put(_CLOSE)
+
+    def close(self) -> None:
+        self._closed = True
+        self._finish_call()
+        if self._call is not None:
+            self._call.cancel()
+        self._channel.close()
+
+    def __enter__(self) -> TransitionStreamClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _json_or_none(text: str) -> Any:
+    return json.loads(text) if text else None
+
+
+def event_to_dict(event: pb.StreamEvent) -> dict[str, Any]:
+    """A JSON-ready view of a stream event (state/action/next_state decoded from their JSON)."""
+    if event.HasField("transition"):
+        t = event.transition
+        return {
+            "type": "transition",
+            "sequence": event.sequence,
+            "task_id": t.task_id,
+            "rollout_id": t.rollout_id,
+            "attempt": t.attempt,
+            "step": t.step,
+            "agent": t.agent,
+            "state": _json_or_none(t.state_json),
+            "action": _json_or_none(t.action_json),
+            "reward": t.reward,
+            "next_state": _json_or_none(t.next_state_json),
+            "done": t.done,
+            "prompt_token_ids": list(t.prompt_token_ids),
+            "response_token_ids": list(t.response_token_ids),
+            "response_logprobs": list(t.response_logprobs),
+            "policy_version": t.policy_version,
+            "model": t.model,
+            "rollout_status": t.rollout_status,
+        }
+    r = event.rollout
+    return {
+        "type": "rollout",
+        "sequence": event.sequence,
+        "task_id": r.task_id,
+        "rollout_id": r.rollout_id,
+        "attempt": r.attempt,
+        "status": r.status,
+        "error_type": r.error_type,
+        "error_message": r.error_message,
+        "total_reward": r.total_reward,
+        "has_reward": r.has_reward,
+        "transition_count": r.transition_count,
+        "span_count": r.span_count,
+    }

@@ -1,0 +1,1 @@
+"""Helpers for trying otel-lightning offline: a local OpenAI-compatible stub server."""

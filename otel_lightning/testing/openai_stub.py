@@ -1,0 +1,226 @@
+"""A small OpenAI-compatible server for offline runs and tests (not a model: a fixed policy).
+
+    python -m otel_lightning.testing.openai_stub --port 8000
+
+Serves `/v1/chat/completions` and `/v1/responses`, streaming or not, the way vLLM does with
+`return_token_ids`: prompt and completion token ids (UTF-8 bytes of the text) and logprobs, plus
+`policy_version`. Its policy: with a `calculator` tool offered, it calls it on the arithmetic in the
+question, then answers with the tool's result; without tools it answers the arithmetic itself.
+A model named `error` gets HTTP 500, to exercise failure paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from otel_lightning.testing.arithmetic import evaluate, find_expression, format_number
+
+POLICY_VERSION = "stub-1"
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def token_ids(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> tuple[str | None, dict[str, Any] | None]:
+    """(answer text, tool call) the stub policy gives for a conversation."""
+    last = messages[-1] if messages else {}
+    if last.get("role") in ("tool", "function_call_output") or last.get("type") == "function_call_output":
+        return f"The answer is {_text_of(last.get('content') or last.get('output'))}.", None
+    question = _text_of(last.get("content"))
+    expression = find_expression(question)
+    tool_names = [t.get("function", {}).get("name") or t.get("name") for t in tools]
+    if expression and "calculator" in tool_names:
+        return None, {"name": "calculator", "arguments": json.dumps({"expression": expression})}
+    if expression:
+        try:
+            return f"The answer is {format_number(evaluate(expression))}.", None
+        except ValueError:
+            pass
+    return "I can only do arithmetic.", None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        return
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        length = int(self.headers.get("content-length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError as error:
+            return self._json(400, {"error": {"message": f"invalid JSON: {error}", "type": "invalid_request_error"}})
+        if body.get("model") == "error":
+            return self._json(500, {"error": {"message": "stub model failure", "type": "server_error"}})
+        if self.path.rstrip("/").endswith("/chat/completions"):
+            return self._chat(body)
+        if self.path.rstrip("/").endswith("/responses"):
+            return self._responses(body)
+        return self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
+    # --- chat.completions ---------------------------------------------------------------------
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        messages = body.get("messages") or []
+        text, call = decide(messages, body.get("tools") or [])
+        prompt = "\n".join(f"{m.get('role')}: {_text_of(m.get('content'))}" for m in messages)
+        completion = text if text is not None else json.dumps(call)
+        ids = token_ids(completion)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if call:
+            message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function", "function": call}]
+        finish = "tool_calls" if call else "stop"
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "created": int(time.time()),
+            "model": body.get("model", "stub"),
+            "prompt_token_ids": token_ids(prompt),
+            "policy_version": POLICY_VERSION,
+        }
+        usage = {"prompt_tokens": len(token_ids(prompt)), "completion_tokens": len(ids), "total_tokens": 0}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        logprobs = (
+            {"content": [{"token": chr(i) if i < 128 else "?", "logprob": -0.25, "bytes": [i], "top_logprobs": []}
+                         for i in ids]}
+            if body.get("logprobs") else None
+        )
+        if not body.get("stream"):
+            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": logprobs, "token_ids": ids}
+            return self._json(200, {**base, "object": "chat.completion", "choices": [choice], "usage": usage})
+
+        def chunks() -> Iterator[dict[str, Any]]:
+            chunk = {**base, "object": "chat.completion.chunk"}
+            yield {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+            if call:
+                delta = {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]}
+                yield {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "token_ids": ids}]}
+            else:
+                half = len(text) // 2
+                for part in (text[:half], text[half:]):
+                    part_ids = token_ids(part)
+                    choice = {"index": 0, "delta": {"content": part}, "finish_reason": None, "token_ids": part_ids}
+                    if logprobs:
+                        choice["logprobs"] = {"content": [{"token": "?", "logprob": -0.25, "bytes": [i],
+                                                           "top_logprobs": []} for i in part_ids]}
+                    yield {**chunk, "choices": [choice]}
+            yield {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield {**chunk, "choices": [], "usage": usage}
+
+        self._sse(chunks(), done_marker=True)
+
+    # --- responses ----------------------------------------------------------------------------
+
+    def _responses(self, body: dict[str, Any]) -> None:
+        given = body.get("input")
+        messages = [{"role": "user", "content": given}] if isinstance(given, str) else list(given or [])
+        text, call = decide(messages, body.get("tools") or [])
+        prompt = "\n".join(_text_of(m.get("content")) or str(m.get("output", "")) for m in messages)
+        completion = text if text is not None else json.dumps(call)
+        if call:
+            output = [{"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:8]}",
+                       "call_id": f"call_{uuid.uuid4().hex[:8]}", "name": call["name"],
+                       "arguments": call["arguments"], "status": "completed"}]
+        else:
+            output = [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}", "role": "assistant",
+                       "status": "completed",
+                       "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+        response = {
+            "id": f"resp_{uuid.uuid4().hex[:12]}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": body.get("model", "stub"),
+            "status": "completed",
+            "output": output,
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": body.get("tools") or [],
+            "usage": {"input_tokens": len(token_ids(prompt)), "output_tokens": len(token_ids(completion)),
+                      "total_tokens": len(token_ids(prompt)) + len(token_ids(completion)),
+                      "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}},
+            "prompt_token_ids": token_ids(prompt),
+            "output_token_ids": token_ids(completion),
+            "policy_version": POLICY_VERSION,
+        }
+        if not body.get("stream"):
+            return self._json(200, response)
+        in_progress = {**response, "status": "in_progress", "output": [], "usage": None}
+        events = [{"type": "response.created", "sequence_number": 0, "response": in_progress}]
+        if text:
+            events.append({"type": "response.output_text.delta", "sequence_number": 1, "item_id": output[0]["id"],
+                           "output_index": 0, "content_index": 0, "delta": text, "logprobs": []})
+        events.append({"type": "response.completed", "sequence_number": len(events), "response": response})
+        self._sse(iter(events), done_marker=False)
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _json(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _sse(self, events: Iterator[dict[str, Any]], done_marker: bool) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        for event in events:
+            name = f"event: {event['type']}\n" if "type" in event and not done_marker else ""
+            self.wfile.write(f"{name}data: {json.dumps(event)}\n\n".encode())
+            self.wfile.flush()
+        if done_marker:
+            self.wfile.write(b"data: [DONE]\n\n")
+        self.close_connection = True
+
+
+class StubOpenAIServer:
+    """The stub in a background thread: `with StubOpenAIServer() as server: server.base_url`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://{host}:{self._server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="openai-stub", daemon=True)
+
+    def __enter__(self) -> StubOpenAIServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="OpenAI-compatible stub server for offline otel-lightning runs")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer((args.host, args.port), _Handler)
+    print(f"stub OpenAI server on http://{args.host}:{args.port}/v1", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

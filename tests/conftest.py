@@ -1,0 +1,99 @@
+"""Shared fixtures: one global SDK TracerProvider whose export target each test chooses."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_lightning import ensure_rollout_processor
+from otel_lightning.testing.openai_stub import StubOpenAIServer
+from otel_lightning_collector import CollectorConfig, CollectorServer
+
+
+class SwitchableProcessor(SpanProcessor):
+    """The global provider can be set once per process; tests swap the processor behind it."""
+
+    def __init__(self) -> None:
+        self.current: SpanProcessor | None = None
+        self._lock = threading.Lock()
+
+    def on_start(self, span: Span, parent_context=None) -> None:
+        if self.current is not None:
+            self.current.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.current is not None:
+            self.current.on_end(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.current.force_flush(timeout_millis) if self.current else True
+
+    def shutdown(self) -> None:
+        return None
+
+
+_SWITCH = SwitchableProcessor()
+_PROVIDER = TracerProvider()
+ensure_rollout_processor(_PROVIDER)
+_PROVIDER.add_span_processor(_SWITCH)
+trace.set_tracer_provider(_PROVIDER)
+
+
+@pytest.fixture
+def memory_exporter() -> Iterator[InMemorySpanExporter]:
+    """Spans of the test, kept in memory (exported synchronously as each span ends)."""
+    exporter = InMemorySpanExporter()
+    _SWITCH.current = SimpleSpanProcessor(exporter)
+    yield exporter
+    _SWITCH.current = None
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[CollectorServer]:
+    server = CollectorServer(CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "collector.db"))
+    with server:
+        yield server
+
+
+class OtlpExport:
+    """The test's spans go over real OTLP/gRPC to a collector; `flush()` waits for the acks."""
+
+    def __init__(self, address: str) -> None:
+        self.processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=f"http://{address}", insecure=True),
+                                            schedule_delay_millis=50)
+
+    def flush(self) -> None:
+        assert self.processor.force_flush(10_000), "spans were not exported within 10 s"
+
+
+@pytest.fixture
+def otlp_export(collector: CollectorServer) -> Iterator[OtlpExport]:
+    export = OtlpExport(collector.address)
+    _SWITCH.current = export.processor
+    yield export
+    _SWITCH.current = None
+    export.processor.shutdown()
+
+
+@pytest.fixture(scope="session")
+def openai_stub() -> Iterator[StubOpenAIServer]:
+    with StubOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _openai_instrumented() -> Iterator[None]:
+    from otel_lightning_instrumentation_openai import OpenAIInstrumentor
+
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument()
+    yield
+    instrumentor.uninstrument()

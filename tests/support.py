@@ -1,0 +1,90 @@
+"""Helpers for tests: read a collector's stream, craft OTLP requests by hand."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from otel_lightning import semconv
+from otel_lightning.stream_client import TransitionStreamClient
+from otel_lightning.v1 import transitions_pb2 as pb
+from otel_lightning_collector.spans import key_value
+
+
+def read_all(address: str, **kwargs: Any) -> list[pb.StreamEvent]:
+    """Every stored event (transitions and rollout completions), without following."""
+    with TransitionStreamClient(address, follow=False, auto_ack=True, **kwargs) as client:
+        return list(client)
+
+
+def wait_for_rollouts(address: str, count: int, timeout_s: float = 10.0) -> list[pb.StreamEvent]:
+    """Events once `count` rollouts are completed (the assembler runs off the ingest path)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        events = read_all(address)
+        if sum(e.HasField("rollout") for e in events) >= count or time.monotonic() > deadline:
+            return events
+        time.sleep(0.02)
+
+
+def transitions(events: list[pb.StreamEvent]) -> list[pb.Transition]:
+    return [e.transition for e in events if e.HasField("transition")]
+
+
+def rollouts(events: list[pb.StreamEvent]) -> list[pb.RolloutCompleted]:
+    return [e.rollout for e in events if e.HasField("rollout")]
+
+
+class SpanFactory:
+    """Spans of one rollout as an exporter would send them, built by hand."""
+
+    def __init__(self, rollout_id: str = "r1", task_id: str = "t1", attempt: int = 0) -> None:
+        self.rollout_id, self.task_id, self.attempt = rollout_id, task_id, attempt
+        self.trace_id = os.urandom(16)
+        self.root_id = os.urandom(8)
+        self.clock = 1_000_000_000
+
+    def _span(self, name: str, attributes: dict[str, Any], *, parent: bytes | None, span_id: bytes | None = None,
+              error: bool = False) -> Span:
+        start = self.clock
+        self.clock += 1_000_000
+        span = Span(trace_id=self.trace_id, span_id=span_id or os.urandom(8), parent_span_id=parent or b"",
+                    name=name, start_time_unix_nano=start, end_time_unix_nano=self.clock)
+        base = {semconv.ROLLOUT_ID: self.rollout_id, semconv.TASK_ID: self.task_id, semconv.ATTEMPT: self.attempt}
+        span.attributes.extend(key_value(k, v) for k, v in {**base, **attributes}.items())
+        if error:
+            span.status.code = Status.STATUS_CODE_ERROR
+            span.status.message = "boom"
+        return span
+
+    def llm(self, prompt: str, answer: str, agent: str | None = None, **extra: Any) -> Span:
+        attributes = {
+            semconv.SPAN_KIND: semconv.SPAN_KIND_LLM,
+            semconv.GEN_AI_INPUT_MESSAGES: f'[{{"role":"user","content":"{prompt}"}}]',
+            semconv.GEN_AI_OUTPUT_MESSAGES: f'[{{"role":"assistant","content":"{answer}"}}]',
+            **extra,
+        }
+        if agent:
+            attributes[semconv.AGENT_NAME] = agent
+        return self._span("chat stub", attributes, parent=self.root_id)
+
+    def reward(self, value: float) -> Span:
+        return self._span(semconv.REWARD_SPAN_NAME,
+                          {semconv.SPAN_KIND: semconv.SPAN_KIND_REWARD, semconv.REWARD_VALUE: value},
+                          parent=self.root_id)
+
+    def root(self, error: bool = False) -> Span:
+        span = self._span(semconv.ROLLOUT_SPAN_NAME, {semconv.SPAN_KIND: semconv.SPAN_KIND_ROLLOUT},
+                          parent=None, span_id=self.root_id, error=error)
+        span.start_time_unix_nano = 1
+        return span
+
+
+def export_request(*spans: Span) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.extend(spans)
+    return request
