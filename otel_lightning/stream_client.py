@@ -102,10 +102,14 @@ class TransitionStreamClient:
         deadline: float | None = None
         while not self._closed:
             try:
-                for event in self._open():
+                call = self._open()
+                for event in call:
                     deadline = None
                     if event.HasField("caught_up"):
+                        # Half-close, then let the server end the call once it has our last acks.
                         self._finish_call()
+                        for _ in call:
+                            pass
                         return
                     if event.sequence <= self._delivered:
                         continue  # redelivered after a reconnect: the caller has it already

@@ -1,0 +1,147 @@
+"""The collector under awkward input: order, duplicates, splits, malformed bytes, rejected spans."""
+
+from __future__ import annotations
+
+import gzip
+import random
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from otel_lightning import semconv
+from tests.support import SpanFactory, export_request, rollouts, transitions, wait_for_rollouts
+
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def exporter(address: str, compression: grpc.Compression | None = None):
+    channel = grpc.insecure_channel(address, compression=compression)
+    return channel.unary_unary(EXPORT, request_serializer=lambda m: m.SerializeToString(),
+                               response_deserializer=ExportTraceServiceResponse.FromString)
+
+
+def three_step_rollout(rollout_id: str) -> list:
+    spans = SpanFactory(rollout_id=rollout_id, task_id=f"task-{rollout_id}")
+    return [
+        spans.llm("q0", "a0"),
+        spans.reward(0.5),
+        spans.llm("q1", "a1"),
+        spans.reward(0.25),
+        spans.llm("q2", "a2"),
+        spans.root(),
+    ]
+
+
+def summary(events) -> list[tuple]:
+    return [(t.rollout_id, t.step, t.state_json, t.action_json, t.reward, t.done, t.next_state_json)
+            for t in transitions(events)]
+
+
+def test_shuffled_duplicated_and_split_exports_give_the_same_transitions(tmp_path):
+    from otel_lightning_collector import CollectorConfig, CollectorServer
+
+    results = []
+    for trial in range(3):
+        spans = three_step_rollout("r-shuffle")
+        # The root goes last (a rollout completes when its root arrives); all else in any order,
+        # some spans twice (exporter retries), across several requests.
+        body = spans[:-1] * 2
+        random.Random(trial).shuffle(body)
+        config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / f"trial-{trial}.db")
+        with CollectorServer(config) as server:
+            export = exporter(server.address)
+            for start in range(0, len(body), 3):
+                export(export_request(*body[start:start + 3]))
+            response = export(export_request(spans[-1], spans[0]))
+            assert not response.partial_success.rejected_spans
+            events = wait_for_rollouts(server.address, 1)
+            assert server.receiver.counters.spans_duplicate == 6
+        results.append(summary(events))
+    assert results[0] == results[1] == results[2]
+    # Rewards that follow individual steps are credited per step ("auto" rule).
+    assert [row[4] for row in results[0]] == [0.5, 0.25, 0.0]
+    assert [row[5] for row in results[0]] == [False, False, True]
+
+
+def test_spans_after_completion_are_kept_as_late_not_lost(collector):
+    spans = SpanFactory(rollout_id="r-late")
+    export = exporter(collector.address)
+    export(export_request(spans.llm("q", "a"), spans.root()))
+    wait_for_rollouts(collector.address, 1)
+    export(export_request(spans.llm("q-late", "a-late")))
+    assert collector.receiver.counters.spans_late == 1
+    assert collector.store.rollout("r-late").late_span_count == 1
+    assert len(transitions(wait_for_rollouts(collector.address, 1))) == 1
+
+
+def test_malformed_bytes_get_invalid_argument_and_the_server_keeps_serving(collector):
+    channel = grpc.insecure_channel(collector.address)
+    raw_export = channel.unary_unary(EXPORT)  # bytes in, bytes out
+    with pytest.raises(grpc.RpcError) as caught:
+        raw_export(b"\x0a\xff\xff\xff\xff\x0f garbage")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed OTLP" in caught.value.details()
+    spans = SpanFactory(rollout_id="after-garbage")
+    exporter(collector.address)(export_request(spans.llm("q", "a"), spans.root()))
+    assert len(transitions(wait_for_rollouts(collector.address, 1))) == 1
+    assert collector.receiver.counters.requests_malformed == 1
+
+
+def test_invalid_spans_are_rejected_with_reasons_and_the_rest_kept(collector):
+    spans = SpanFactory(rollout_id="r-partial")
+    bad_id = spans.llm("q", "a")
+    bad_id.span_id = b"\x01\x02"
+    bad_type = spans.llm("q", "a")
+    for kv in bad_type.attributes:
+        if kv.key == semconv.ATTEMPT:
+            kv.value.string_value = "not-a-number"
+    foreign = spans.llm("q", "a")
+    del foreign.attributes[:]
+    response = exporter(collector.address)(
+        export_request(bad_id, bad_type, foreign, spans.llm("good", "yes"), spans.root())
+    )
+    assert response.partial_success.rejected_spans == 2
+    assert "span_id must be 8 bytes" in response.partial_success.error_message
+    assert f"{semconv.ATTEMPT} must be an int" in response.partial_success.error_message
+    assert collector.receiver.counters.spans_foreign == 1
+    [step] = transitions(wait_for_rollouts(collector.address, 1))
+    assert '"good"' in step.state_json
+
+
+def test_gzip_compressed_exports_are_accepted(collector):
+    spans = SpanFactory(rollout_id="r-gzip")
+    request = export_request(spans.llm("q" * 2000, "a"), spans.root())
+    assert len(gzip.compress(request.SerializeToString())) < request.ByteSize()
+    exporter(collector.address, grpc.Compression.Gzip)(request)
+    assert len(transitions(wait_for_rollouts(collector.address, 1))) == 1
+
+
+def test_rollout_without_root_is_completed_incomplete_after_timeout(tmp_path):
+    from otel_lightning_collector import CollectorConfig, CollectorServer
+
+    config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "c.db", rollout_timeout_s=0.2)
+    with CollectorServer(config) as server:
+        spans = SpanFactory(rollout_id="r-orphan")
+        exporter(server.address)(export_request(spans.llm("q", "a")))
+        events = wait_for_rollouts(server.address, 1, timeout_s=10)
+    [done] = rollouts(events)
+    assert done.status == "incomplete"
+    assert [t.rollout_status for t in transitions(events)] == ["incomplete"]
+
+
+def test_multi_agent_steps_link_within_each_agent(collector):
+    spans = SpanFactory(rollout_id="r-agents")
+    exporter(collector.address)(export_request(
+        spans.llm("p0", "x0", agent="planner"),
+        spans.llm("c0", "y0", agent="coder"),
+        spans.llm("p1", "x1", agent="planner"),
+        spans.reward(1.0),
+        spans.root(),
+    ))
+    steps = transitions(wait_for_rollouts(collector.address, 1))
+    by_agent = {(t.agent, t.step): t for t in steps}
+    assert sorted(by_agent) == [("coder", 0), ("planner", 0), ("planner", 1)]
+    assert by_agent[("planner", 0)].next_state_json == by_agent[("planner", 1)].state_json
+    assert by_agent[("coder", 0)].done and not by_agent[("planner", 0)].done
+    assert [t.reward for t in steps] == [1.0, 1.0, 1.0]
