@@ -20,6 +20,8 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
+import wrapt
+
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
@@ -49,6 +51,20 @@ _WRAPPED_METHODS = (
 )
 
 
+# Other instrumentors of the same OpenAI methods. Where one wraps inside ours, we call past it so each
+# call gets one span (ours, with the GenAI attributes it would have set). Where one wraps outside
+# ours, LLMCall joins its span instead.
+_OTHER_GENAI_WRAPPER_MODULES = ("opentelemetry.instrumentation.openai",)
+
+
+def _past_other_genai_wrappers(wrapped: Any) -> Any:
+    while isinstance(wrapped, wrapt.BoundFunctionWrapper) and getattr(
+        wrapped._self_wrapper, "__module__", ""
+    ).startswith(_OTHER_GENAI_WRAPPER_MODULES):
+        wrapped = wrapped.__wrapped__
+    return wrapped
+
+
 def _skip() -> bool:
     # Skip when instrumentation is suppressed, or an outer LLM instrumentor already owns this call.
     return not is_instrumentation_enabled() or bool(otel_context.get_value(SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY))
@@ -67,6 +83,7 @@ def _sync_wrapper(tracer: trace.Tracer, api: str) -> Any:
         call = None if _skip() else _start_call(tracer, api, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
+        wrapped = _past_other_genai_wrappers(wrapped)
         try:
             with call.activated():
                 result = wrapped(*args, **kwargs)
@@ -86,6 +103,7 @@ def _async_wrapper(tracer: trace.Tracer, api: str) -> Any:
         call = None if _skip() else _start_call(tracer, api, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
+        wrapped = _past_other_genai_wrappers(wrapped)
         try:
             with call.activated():
                 result = await wrapped(*args, **kwargs)

@@ -20,8 +20,8 @@ from otel_lightning_instrumentation_openai import extract
 
 logger = logging.getLogger(__name__)
 
-# OpenLLMetry's instrumentors skip a call while this context key is set, so the call gets one span.
-SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY = otel_context.create_key("suppress_language_model_instrumentation")
+# OpenLLMetry's instrumentors skip a call while this context key (a plain string) is set.
+SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY = "suppress_language_model_instrumentation"
 _FOREIGN_GENAI_MARKERS = (semconv.GEN_AI_OPERATION_NAME, semconv.GEN_AI_SYSTEM, "llm.request.type")
 
 
