@@ -1,13 +1,13 @@
 """otel-lightning: train agents with RL from their OpenTelemetry traces.
 
-    import otel_lightning as ol
+import otel_lightning as ol
 
-    @ol.reward
-    def correct(answer, expected):
-        return float(answer == expected)
+@ol.reward
+def correct(answer, expected):
+    return float(answer == expected)
 
-    with ol.rollout(task_id="q-1"):
-        correct(agent("2+2?"), "4")
+with ol.rollout(task_id="q-1"):
+    correct(agent("2+2?"), "4")
 """
 
 from otel_lightning.context import RolloutInfo, agent_scope, current_rollout, rollout

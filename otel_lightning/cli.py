@@ -32,11 +32,13 @@ def _print_event(event_dict: dict, as_json: bool) -> None:
             flush=True,
         )
     else:
+        error = (
+            f" error={event_dict['error_type']}: {event_dict['error_message']}" if event_dict["error_message"] else ""
+        )
         print(
             f"#{event_dict['sequence']} rollout {event_dict['rollout_id'][:8]} task={event_dict['task_id']}"
             f" {event_dict['status']} reward={event_dict['total_reward']:g}"
-            f" transitions={event_dict['transition_count']}"
-            + (f" error={event_dict['error_type']}: {event_dict['error_message']}" if event_dict["error_message"] else ""),
+            f" transitions={event_dict['transition_count']}{error}",
             flush=True,
         )
 
@@ -59,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otel-lightning", description="Train agents with RL from their traces.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     transitions = subparsers.add_parser("transitions", help="print the transitions a collector has built")
-    transitions.add_argument("--collector", default=DEFAULT_COLLECTOR, help="collector address (env LIGHTNING_COLLECTOR)")
+    transitions.add_argument(
+        "--collector", default=DEFAULT_COLLECTOR, help="collector address (env LIGHTNING_COLLECTOR)"
+    )
     transitions.add_argument("--follow", action="store_true", help="keep printing new transitions as they come")
     transitions.add_argument("--json", action="store_true", help="one JSON object per line")
     transitions.add_argument("--consumer", default="", help="durable consumer name: resume after its last ack")

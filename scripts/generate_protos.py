@@ -1,7 +1,7 @@
 """Regenerate the Python stubs of protos/ into otel_lightning/v1/.
 
-    python scripts/generate_protos.py           # write the stubs
-    python scripts/generate_protos.py --check   # fail if the checked-in stubs differ (CI)
+python scripts/generate_protos.py           # write the stubs
+python scripts/generate_protos.py --check   # fail if the checked-in stubs differ (CI)
 """
 
 from __future__ import annotations
@@ -43,11 +43,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
         stale = [
-            str(rel) for rel in fresh if not (ROOT / rel).exists() or not filecmp.cmp(Path(tmp) / rel, ROOT / rel, shallow=False)
+            str(rel)
+            for rel in fresh
+            if not (ROOT / rel).exists() or not filecmp.cmp(Path(tmp) / rel, ROOT / rel, shallow=False)
         ]
         if check:
             if stale:
-                print(f"generated stubs are out of date: {stale}; run python scripts/generate_protos.py", file=sys.stderr)
+                print(
+                    f"generated stubs are out of date: {stale}; run python scripts/generate_protos.py", file=sys.stderr
+                )
                 return 1
             print(f"generated stubs are up to date ({len(fresh)} files)")
             return 0

@@ -67,8 +67,9 @@ class OtlpExport:
     """The test's spans go over real OTLP/gRPC to a collector; `flush()` waits for the acks."""
 
     def __init__(self, address: str) -> None:
-        self.processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=f"http://{address}", insecure=True),
-                                            schedule_delay_millis=50)
+        self.processor = BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=f"http://{address}", insecure=True), schedule_delay_millis=50
+        )
 
     def flush(self) -> None:
         assert self.processor.force_flush(10_000), "spans were not exported within 10 s"

@@ -48,12 +48,25 @@ class SpanFactory:
         self.root_id = os.urandom(8)
         self.clock = 1_000_000_000
 
-    def _span(self, name: str, attributes: dict[str, Any], *, parent: bytes | None, span_id: bytes | None = None,
-              error: bool = False) -> Span:
+    def _span(
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        *,
+        parent: bytes | None,
+        span_id: bytes | None = None,
+        error: bool = False,
+    ) -> Span:
         start = self.clock
         self.clock += 1_000_000
-        span = Span(trace_id=self.trace_id, span_id=span_id or os.urandom(8), parent_span_id=parent or b"",
-                    name=name, start_time_unix_nano=start, end_time_unix_nano=self.clock)
+        span = Span(
+            trace_id=self.trace_id,
+            span_id=span_id or os.urandom(8),
+            parent_span_id=parent or b"",
+            name=name,
+            start_time_unix_nano=start,
+            end_time_unix_nano=self.clock,
+        )
         base = {semconv.ROLLOUT_ID: self.rollout_id, semconv.TASK_ID: self.task_id, semconv.ATTEMPT: self.attempt}
         span.attributes.extend(key_value(k, v) for k, v in {**base, **attributes}.items())
         if error:
@@ -73,13 +86,20 @@ class SpanFactory:
         return self._span("chat stub", attributes, parent=self.root_id)
 
     def reward(self, value: float) -> Span:
-        return self._span(semconv.REWARD_SPAN_NAME,
-                          {semconv.SPAN_KIND: semconv.SPAN_KIND_REWARD, semconv.REWARD_VALUE: value},
-                          parent=self.root_id)
+        return self._span(
+            semconv.REWARD_SPAN_NAME,
+            {semconv.SPAN_KIND: semconv.SPAN_KIND_REWARD, semconv.REWARD_VALUE: value},
+            parent=self.root_id,
+        )
 
     def root(self, error: bool = False) -> Span:
-        span = self._span(semconv.ROLLOUT_SPAN_NAME, {semconv.SPAN_KIND: semconv.SPAN_KIND_ROLLOUT},
-                          parent=None, span_id=self.root_id, error=error)
+        span = self._span(
+            semconv.ROLLOUT_SPAN_NAME,
+            {semconv.SPAN_KIND: semconv.SPAN_KIND_ROLLOUT},
+            parent=None,
+            span_id=self.root_id,
+            error=error,
+        )
         span.start_time_unix_nano = 1
         return span
 

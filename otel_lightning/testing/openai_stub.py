@@ -58,10 +58,10 @@ def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> tuple
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
@@ -97,9 +97,14 @@ class _Handler(BaseHTTPRequestHandler):
         usage = {"prompt_tokens": len(token_ids(prompt)), "completion_tokens": len(ids), "total_tokens": 0}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         logprobs = (
-            {"content": [{"token": chr(i) if i < 128 else "?", "logprob": -0.25, "bytes": [i], "top_logprobs": []}
-                         for i in ids]}
-            if body.get("logprobs") else None
+            {
+                "content": [
+                    {"token": chr(i) if i < 128 else "?", "logprob": -0.25, "bytes": [i], "top_logprobs": []}
+                    for i in ids
+                ]
+            }
+            if body.get("logprobs")
+            else None
         )
         if not body.get("stream"):
             choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": logprobs, "token_ids": ids}
@@ -117,8 +122,11 @@ class _Handler(BaseHTTPRequestHandler):
                     part_ids = token_ids(part)
                     choice = {"index": 0, "delta": {"content": part}, "finish_reason": None, "token_ids": part_ids}
                     if logprobs:
-                        choice["logprobs"] = {"content": [{"token": "?", "logprob": -0.25, "bytes": [i],
-                                                           "top_logprobs": []} for i in part_ids]}
+                        choice["logprobs"] = {
+                            "content": [
+                                {"token": "?", "logprob": -0.25, "bytes": [i], "top_logprobs": []} for i in part_ids
+                            ]
+                        }
                     yield {**chunk, "choices": [choice]}
             yield {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -135,13 +143,26 @@ class _Handler(BaseHTTPRequestHandler):
         prompt = "\n".join(_text_of(m.get("content")) or str(m.get("output", "")) for m in messages)
         completion = text if text is not None else json.dumps(call)
         if call:
-            output = [{"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:8]}",
-                       "call_id": f"call_{uuid.uuid4().hex[:8]}", "name": call["name"],
-                       "arguments": call["arguments"], "status": "completed"}]
+            output = [
+                {
+                    "type": "function_call",
+                    "id": f"fc_{uuid.uuid4().hex[:8]}",
+                    "call_id": f"call_{uuid.uuid4().hex[:8]}",
+                    "name": call["name"],
+                    "arguments": call["arguments"],
+                    "status": "completed",
+                }
+            ]
         else:
-            output = [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}", "role": "assistant",
-                       "status": "completed",
-                       "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+            output = [
+                {
+                    "type": "message",
+                    "id": f"msg_{uuid.uuid4().hex[:8]}",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ]
         response = {
             "id": f"resp_{uuid.uuid4().hex[:12]}",
             "object": "response",
@@ -152,10 +173,13 @@ class _Handler(BaseHTTPRequestHandler):
             "parallel_tool_calls": True,
             "tool_choice": "auto",
             "tools": body.get("tools") or [],
-            "usage": {"input_tokens": len(token_ids(prompt)), "output_tokens": len(token_ids(completion)),
-                      "total_tokens": len(token_ids(prompt)) + len(token_ids(completion)),
-                      "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}},
+            "usage": {
+                "input_tokens": len(token_ids(prompt)),
+                "output_tokens": len(token_ids(completion)),
+                "total_tokens": len(token_ids(prompt)) + len(token_ids(completion)),
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
             "prompt_token_ids": token_ids(prompt),
             "output_token_ids": token_ids(completion),
             "policy_version": POLICY_VERSION,
@@ -165,8 +189,17 @@ class _Handler(BaseHTTPRequestHandler):
         in_progress = {**response, "status": "in_progress", "output": [], "usage": None}
         events = [{"type": "response.created", "sequence_number": 0, "response": in_progress}]
         if text:
-            events.append({"type": "response.output_text.delta", "sequence_number": 1, "item_id": output[0]["id"],
-                           "output_index": 0, "content_index": 0, "delta": text, "logprobs": []})
+            events.append(
+                {
+                    "type": "response.output_text.delta",
+                    "sequence_number": 1,
+                    "item_id": output[0]["id"],
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": text,
+                    "logprobs": [],
+                }
+            )
         events.append({"type": "response.completed", "sequence_number": len(events), "response": response})
         self._sse(iter(events), done_marker=False)
 

@@ -17,8 +17,11 @@ EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 def exporter(address: str, compression: grpc.Compression | None = None):
     channel = grpc.insecure_channel(address, compression=compression)
-    return channel.unary_unary(EXPORT, request_serializer=lambda m: m.SerializeToString(),
-                               response_deserializer=ExportTraceServiceResponse.FromString)
+    return channel.unary_unary(
+        EXPORT,
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=ExportTraceServiceResponse.FromString,
+    )
 
 
 def three_step_rollout(rollout_id: str) -> list:
@@ -34,8 +37,10 @@ def three_step_rollout(rollout_id: str) -> list:
 
 
 def summary(events) -> list[tuple]:
-    return [(t.rollout_id, t.step, t.state_json, t.action_json, t.reward, t.done, t.next_state_json)
-            for t in transitions(events)]
+    return [
+        (t.rollout_id, t.step, t.state_json, t.action_json, t.reward, t.done, t.next_state_json)
+        for t in transitions(events)
+    ]
 
 
 def test_shuffled_duplicated_and_split_exports_give_the_same_transitions(tmp_path):
@@ -52,7 +57,7 @@ def test_shuffled_duplicated_and_split_exports_give_the_same_transitions(tmp_pat
         with CollectorServer(config) as server:
             export = exporter(server.address)
             for start in range(0, len(body), 3):
-                export(export_request(*body[start:start + 3]))
+                export(export_request(*body[start : start + 3]))
             response = export(export_request(spans[-1], spans[0]))
             assert not response.partial_success.rejected_spans
             events = wait_for_rollouts(server.address, 1)
@@ -132,13 +137,15 @@ def test_rollout_without_root_is_completed_incomplete_after_timeout(tmp_path):
 
 def test_multi_agent_steps_link_within_each_agent(collector):
     spans = SpanFactory(rollout_id="r-agents")
-    exporter(collector.address)(export_request(
-        spans.llm("p0", "x0", agent="planner"),
-        spans.llm("c0", "y0", agent="coder"),
-        spans.llm("p1", "x1", agent="planner"),
-        spans.reward(1.0),
-        spans.root(),
-    ))
+    exporter(collector.address)(
+        export_request(
+            spans.llm("p0", "x0", agent="planner"),
+            spans.llm("c0", "y0", agent="coder"),
+            spans.llm("p1", "x1", agent="planner"),
+            spans.reward(1.0),
+            spans.root(),
+        )
+    )
     steps = transitions(wait_for_rollouts(collector.address, 1))
     by_agent = {(t.agent, t.step): t for t in steps}
     assert sorted(by_agent) == [("coder", 0), ("planner", 0), ("planner", 1)]

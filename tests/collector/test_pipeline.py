@@ -32,8 +32,10 @@ def tool_agent(client: openai.OpenAI, question: str) -> str:
     first = client.chat.completions.create(model="stub", messages=messages, tools=[CALCULATOR])
     call = first.choices[0].message.tool_calls[0]
     result = str(ol.testing.arithmetic.evaluate(json.loads(call.function.arguments)["expression"]))
-    messages += [first.choices[0].message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": result}]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": result},
+    ]
     second = client.chat.completions.create(model="stub", messages=messages, tools=[CALCULATOR])
     return second.choices[0].message.content
 
@@ -58,8 +60,11 @@ def test_tool_agent_rollout_becomes_linked_transitions(collector, otlp_export, o
     assert json.loads(first.action_json)["tool_calls"][0]["function"]["name"] == "calculator"
     # next_state is the second call's prompt, which holds the tool output as an observation.
     assert first.next_state_json == second.state_json
-    assert json.loads(second.state_json)["messages"][-1] == {"role": "tool", "tool_call_id": json.loads(
-        first.action_json)["tool_calls"][0]["id"], "content": "42"}
+    assert json.loads(second.state_json)["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": json.loads(first.action_json)["tool_calls"][0]["id"],
+        "content": "42",
+    }
     assert json.loads(second.action_json)["content"] == "The answer is 42."
     assert [t.reward for t in steps] == [1.0, 1.0]
     # The stub returns vLLM-style token ids: UTF-8 bytes of the text.

@@ -34,21 +34,26 @@ def async_client(openai_stub):
 
 def test_chat_completion_span_has_request_response_usage_and_token_ids(memory_exporter, client):
     with ol.rollout(task_id="t") as info:
-        reply = client.chat.completions.create(model="stub-model", messages=QUESTION, temperature=0.5,
-                                               max_tokens=32, logprobs=True)
+        reply = client.chat.completions.create(
+            model="stub-model", messages=QUESTION, temperature=0.5, max_tokens=32, logprobs=True
+        )
     [span] = llm_spans(memory_exporter)
     a = span.attributes
     assert span.name == "chat stub-model"
     assert span.kind == SpanKind.CLIENT
     assert a[semconv.ROLLOUT_ID] == info.rollout_id
     assert (a[semconv.GEN_AI_OPERATION_NAME], a[semconv.GEN_AI_SYSTEM], a[semconv.LLM_API]) == (
-        "chat", "openai", "chat.completions")
+        "chat",
+        "openai",
+        "chat.completions",
+    )
     assert (a[semconv.GEN_AI_REQUEST_MODEL], a[semconv.GEN_AI_RESPONSE_MODEL]) == ("stub-model", "stub-model")
     assert (a[semconv.GEN_AI_REQUEST_TEMPERATURE], a[semconv.GEN_AI_REQUEST_MAX_TOKENS]) == (0.5, 32)
     assert a[semconv.GEN_AI_RESPONSE_ID] == reply.id
     assert json.loads(a[semconv.GEN_AI_INPUT_MESSAGES]) == QUESTION
     assert json.loads(a[semconv.GEN_AI_OUTPUT_MESSAGES]) == [
-        {"role": "assistant", "content": "The answer is 42.", "finish_reason": "stop"}]
+        {"role": "assistant", "content": "The answer is 42.", "finish_reason": "stop"}
+    ]
     assert a[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
     assert a[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == len(token_ids("The answer is 42."))
     assert list(a[semconv.RESPONSE_TOKEN_IDS]) == token_ids("The answer is 42.")
@@ -68,8 +73,9 @@ def test_tool_calls_are_recorded_in_the_output(memory_exporter, client):
 
 
 def test_streamed_chat_is_accumulated_into_the_same_attributes(memory_exporter, client):
-    stream = client.chat.completions.create(model="m", messages=QUESTION, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="m", messages=QUESTION, stream=True, stream_options={"include_usage": True}
+    )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == "The answer is 42."
     [span] = llm_spans(memory_exporter)
@@ -99,8 +105,9 @@ def test_async_chat_plain_and_streamed(memory_exporter, async_client):
     assert asyncio.run(main()) == "The answer is 42."
     spans = llm_spans(memory_exporter)
     assert [s.attributes[semconv.LLM_STREAMING] for s in spans] == [False, True]
-    assert all(json.loads(s.attributes[semconv.GEN_AI_OUTPUT_MESSAGES])[0]["content"] == "The answer is 42."
-               for s in spans)
+    assert all(
+        json.loads(s.attributes[semconv.GEN_AI_OUTPUT_MESSAGES])[0]["content"] == "The answer is 42." for s in spans
+    )
 
 
 def test_responses_api_sync_async_and_streamed(memory_exporter, client, async_client):
@@ -109,9 +116,11 @@ def test_responses_api_sync_async_and_streamed(memory_exporter, client, async_cl
         assert [e.type for e in stream][-1] == "response.completed"
 
     async def main() -> None:
-        await async_client.responses.create(model="m", input=[{"role": "user", "content": "What is 6*7?"}],
-                                            tools=[{"type": "function", "name": "calculator",
-                                                    "parameters": {"type": "object"}}])
+        await async_client.responses.create(
+            model="m",
+            input=[{"role": "user", "content": "What is 6*7?"}],
+            tools=[{"type": "function", "name": "calculator", "parameters": {"type": "object"}}],
+        )
 
     asyncio.run(main())
     plain, streamed, tool = llm_spans(memory_exporter)
@@ -120,7 +129,9 @@ def test_responses_api_sync_async_and_streamed(memory_exporter, client, async_cl
         assert json.loads(span.attributes[semconv.GEN_AI_OUTPUT_MESSAGES])[0]["content"] == "The answer is 42."
         assert list(span.attributes[semconv.RESPONSE_TOKEN_IDS]) == token_ids("The answer is 42.")
     assert json.loads(plain.attributes[semconv.GEN_AI_INPUT_MESSAGES]) == [
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": "What is 6*7?"}]
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "What is 6*7?"},
+    ]
     [output] = json.loads(tool.attributes[semconv.GEN_AI_OUTPUT_MESSAGES])
     assert output["tool_calls"][0]["function"]["name"] == "calculator"
     assert output["finish_reason"] == "tool_calls"

@@ -17,8 +17,11 @@ OTHERS = {
 
 
 def genai_spans(exporter):
-    return [s for s in exporter.get_finished_spans()
-            if semconv.GEN_AI_OPERATION_NAME in s.attributes or "llm.request.type" in s.attributes]
+    return [
+        s
+        for s in exporter.get_finished_spans()
+        if semconv.GEN_AI_OPERATION_NAME in s.attributes or "llm.request.type" in s.attributes
+    ]
 
 
 @pytest.mark.parametrize("other", sorted(OTHERS))
@@ -33,8 +36,9 @@ def test_one_span_per_call_with_another_openai_instrumentor(memory_exporter, ope
         instrumentor.instrument()
     try:
         client = openai.OpenAI(base_url=openai_stub.base_url, api_key="unused")
-        result = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "1+2?"}],
-                                                stream=stream)
+        result = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "1+2?"}], stream=stream
+        )
         if stream:
             assert "".join(c.choices[0].delta.content or "" for c in result if c.choices) == "The answer is 3."
     finally:

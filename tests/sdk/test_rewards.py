@@ -50,8 +50,16 @@ def test_emit_reward_inline(memory_exporter):
 
 @pytest.mark.parametrize(
     ("value", "error"),
-    [("1.0", TypeError), (None, TypeError), (True, TypeError), (math.nan, ValueError), (math.inf, ValueError),
-     ({"a": "x"}, TypeError), ({}, ValueError), ({"a": math.nan}, ValueError)],
+    [
+        ("1.0", TypeError),
+        (None, TypeError),
+        (True, TypeError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        ({"a": "x"}, TypeError),
+        ({}, ValueError),
+        ({"a": math.nan}, ValueError),
+    ],
 )
 def test_bad_rewards_raise_clear_errors_and_record_nothing(memory_exporter, value, error):
     @ol.reward

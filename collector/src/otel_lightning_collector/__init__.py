@@ -1,4 +1,5 @@
 """otel-lightning collector: OTLP in, RL transitions out."""
+
 from otel_lightning_collector.server import CollectorConfig, CollectorServer
 from otel_lightning_collector.version import __version__
 

@@ -81,8 +81,9 @@ class RolloutAssembler:
     def _sweep(self) -> None:
         idle_since = time.time_ns() - int(self.rollout_timeout_s * 1e9)
         for rollout_id in self.store.stale_rollouts(idle_since):
-            logger.warning("rollout %s: no root span for %.0fs, completing it as incomplete",
-                           rollout_id, self.rollout_timeout_s)
+            logger.warning(
+                "rollout %s: no root span for %.0fs, completing it as incomplete", rollout_id, self.rollout_timeout_s
+            )
             self._complete_safely(rollout_id)
 
     def _complete_safely(self, rollout_id: str) -> None:
@@ -113,7 +114,13 @@ class RolloutAssembler:
             return False
         self.completed += 1
         if completed.status != "succeeded":
-            logger.info("rollout %s (task %s) ended %s: %s %s", rollout_id, row.task_id, completed.status,
-                        completed.error_type, completed.error_message)
+            logger.info(
+                "rollout %s (task %s) ended %s: %s %s",
+                rollout_id,
+                row.task_id,
+                completed.status,
+                completed.error_type,
+                completed.error_message,
+            )
         self.notifier.notify()
         return True

@@ -17,18 +17,40 @@ def _env(name: str, default: str) -> str:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("collector", help="run the OTLP collector that builds and streams transitions")
-    parser.add_argument("--listen", default=_env("LIGHTNING_COLLECTOR_LISTEN", "127.0.0.1:4317"),
-                        help="host:port for OTLP/gRPC and the transition stream (env LIGHTNING_COLLECTOR_LISTEN)")
-    parser.add_argument("--store", default=_env("LIGHTNING_STORE", "otel-lightning.db"),
-                        help="SQLite file holding spans, rollouts and transitions (env LIGHTNING_STORE)")
-    parser.add_argument("--credit", default=_env("LIGHTNING_CREDIT", "auto"), choices=sorted(CREDIT_RULES),
-                        help="credit-assignment rule for rewards (env LIGHTNING_CREDIT)")
-    parser.add_argument("--settle-ms", type=float, default=float(_env("LIGHTNING_SETTLE_MS", "0")),
-                        help="wait this long after a rollout's root span before completing it (env LIGHTNING_SETTLE_MS)")
-    parser.add_argument("--rollout-timeout", type=float, default=float(_env("LIGHTNING_ROLLOUT_TIMEOUT", "600")),
-                        help="seconds without spans after which a rollout with no root is completed as incomplete")
-    parser.add_argument("--durability", choices=("normal", "full"), default=_env("LIGHTNING_DURABILITY", "normal"),
-                        help="normal: survives a killed collector; full: also survives power loss (slower)")
+    parser.add_argument(
+        "--listen",
+        default=_env("LIGHTNING_COLLECTOR_LISTEN", "127.0.0.1:4317"),
+        help="host:port for OTLP/gRPC and the transition stream (env LIGHTNING_COLLECTOR_LISTEN)",
+    )
+    parser.add_argument(
+        "--store",
+        default=_env("LIGHTNING_STORE", "otel-lightning.db"),
+        help="SQLite file holding spans, rollouts and transitions (env LIGHTNING_STORE)",
+    )
+    parser.add_argument(
+        "--credit",
+        default=_env("LIGHTNING_CREDIT", "auto"),
+        choices=sorted(CREDIT_RULES),
+        help="credit-assignment rule for rewards (env LIGHTNING_CREDIT)",
+    )
+    parser.add_argument(
+        "--settle-ms",
+        type=float,
+        default=float(_env("LIGHTNING_SETTLE_MS", "0")),
+        help="wait this long after a rollout's root span before completing it (env LIGHTNING_SETTLE_MS)",
+    )
+    parser.add_argument(
+        "--rollout-timeout",
+        type=float,
+        default=float(_env("LIGHTNING_ROLLOUT_TIMEOUT", "600")),
+        help="seconds without spans after which a rollout with no root is completed as incomplete",
+    )
+    parser.add_argument(
+        "--durability",
+        choices=("normal", "full"),
+        default=_env("LIGHTNING_DURABILITY", "normal"),
+        help="normal: survives a killed collector; full: also survives power loss (slower)",
+    )
     parser.set_defaults(run=_run)
 
 

@@ -21,6 +21,12 @@ from otel_lightning_collector.store import Store
 logger = logging.getLogger(__name__)
 
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+# `opentelemetry-instrument` exports metrics and logs to the same endpoint by default; they are
+# acknowledged and not kept (an empty Export*ServiceResponse is two zero bytes: no fields).
+OTHER_SIGNAL_SERVICES = (
+    "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    "opentelemetry.proto.collector.logs.v1.LogsService",
+)
 
 
 @dataclass
@@ -33,6 +39,7 @@ class ReceiverCounters:
     spans_rejected: int = 0
     requests_malformed: int = 0
     requests_refused: int = 0
+    other_signal_requests: int = 0
 
 
 class OtlpTraceReceiver:
@@ -91,8 +98,20 @@ class OtlpTraceReceiver:
             for name, value in increments.items():
                 setattr(self.counters, name, getattr(self.counters, name) + value)
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            TRACE_SERVICE,
-            {"Export": grpc.unary_unary_rpc_method_handler(self.export)},
+    def _ignore_other_signal(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        self._count(other_signal_requests=1)
+        return b""
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        handlers = [
+            grpc.method_handlers_generic_handler(
+                TRACE_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(self.export)}
+            )
+        ]
+        handlers.extend(
+            grpc.method_handlers_generic_handler(
+                service, {"Export": grpc.unary_unary_rpc_method_handler(self._ignore_other_signal)}
+            )
+            for service in OTHER_SIGNAL_SERVICES
         )
+        return handlers

@@ -56,7 +56,7 @@ class CollectorServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self._server.add_generic_rpc_handlers((self.receiver.handler(), self.stream.handler()))
+        self._server.add_generic_rpc_handlers((*self.receiver.handlers(), self.stream.handler()))
         self.port = self._server.add_insecure_port(config.listen)
         if self.port == 0:
             raise OSError(f"could not listen on {config.listen}: the address is taken or invalid")

@@ -67,8 +67,8 @@ class IngestResult:
     stored: int = 0
     duplicates: int = 0
     late: int = 0
-    # Open rollouts whose root span has arrived: ready to be completed.
-    ready: set[str] = field(default_factory=set)
+    # Open rollouts whose root span has arrived, in arrival order: ready to be completed.
+    ready: dict[str, None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class Store:
                         (int(late), int(record.is_root), now, record.rollout_id),
                     )
                     if record.is_root and not late:
-                        result.ready.add(record.rollout_id)
+                        result.ready[record.rollout_id] = None
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -185,17 +185,20 @@ class Store:
     # --- rollouts ---------------------------------------------------------------------------------
 
     def rollout(self, rollout_id: str) -> RolloutRow | None:
-        row = self._reader().execute(
-            "SELECT rollout_id, task_id, attempt, span_count, late_span_count FROM rollouts"
-            " WHERE rollout_id = ?",
-            (rollout_id,),
-        ).fetchone()
+        row = (
+            self._reader()
+            .execute(
+                "SELECT rollout_id, task_id, attempt, span_count, late_span_count FROM rollouts WHERE rollout_id = ?",
+                (rollout_id,),
+            )
+            .fetchone()
+        )
         return RolloutRow(*row) if row else None
 
     def rollout_state(self, rollout_id: str) -> tuple[str, str | None] | None:
-        row = self._reader().execute(
-            "SELECT state, status FROM rollouts WHERE rollout_id = ?", (rollout_id,)
-        ).fetchone()
+        row = (
+            self._reader().execute("SELECT state, status FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
+        )
         return (row[0], row[1]) if row else None
 
     def rollout_spans(self, rollout_id: str) -> list[bytes]:

@@ -94,7 +94,9 @@ class TransitionStreamService:
             room = window - (sent - acks.acked)
             if room <= 0:
                 with acks.changed:
-                    acks.changed.wait_for(lambda: sent - acks.acked < window or acks.finished.is_set(), _POLL_S)
+                    acks.changed.wait_for(
+                        lambda sent=sent: sent - acks.acked < window or acks.finished.is_set(), _POLL_S
+                    )
                 if acks.finished.is_set() and sent - acks.acked >= window:
                     return
                 continue

@@ -21,7 +21,6 @@ from collections.abc import Collection
 from typing import Any
 
 import wrapt
-
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor

@@ -162,7 +162,10 @@ def response_attributes(api: str, response: Mapping[str, Any], capture_content: 
         outputs = [_responses_output_message(response)]
         response_ids = _int_list(response.get("output_token_ids") or response.get("token_ids"))
         logprob_items = [
-            lp for item in response.get("output") or [] for c in item.get("content") or [] for lp in c.get("logprobs") or []
+            logprob
+            for item in response.get("output") or []
+            for content in item.get("content") or []
+            for logprob in content.get("logprobs") or []
         ]
     attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = [str(o.get("finish_reason")) for o in outputs]
     if response_ids:
