@@ -28,6 +28,7 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/collector_ingest.py
+	$(PY) benchmarks/openai_instrumentation_overhead.py
 
 protos: install
 	$(PY) scripts/generate_protos.py

@@ -76,10 +76,15 @@ class TransitionStreamClient:
     def _request_stream(self, requests: queue.Queue[Any], first: pb.SubscribeRequest) -> Iterator[pb.SubscribeRequest]:
         yield first
         while True:
-            item = requests.get()
-            if item is _CLOSE:
+            items = [requests.get()]
+            # Acks are cumulative: of those waiting, only the last one needs to go.
+            while not requests.empty():
+                items.append(requests.get_nowait())
+            acks = [item for item in items if item is not _CLOSE]
+            if acks:
+                yield acks[-1]
+            if _CLOSE in items:
                 return
-            yield item
 
     def _open(self) -> Iterator[pb.StreamEvent]:
         requests: queue.Queue[Any] = queue.Queue()

@@ -133,3 +133,16 @@ def test_slow_consumer_is_held_to_its_window(collector):
     assert not ready.wait(1.0)
     release.set()
     call.cancel()
+
+
+def test_encoded_stream_events_equal_protobuf_serialization():
+    from otel_lightning.v1 import transitions_pb2 as pb
+    from otel_lightning_collector.store import EVENT_ROLLOUT, EVENT_TRANSITION, StoredEvent
+    from otel_lightning_collector.stream_service import encode_stream_event, to_stream_event
+
+    transition = pb.Transition(rollout_id="r", step=3, state_json="{}" * 200, prompt_token_ids=range(300))
+    rollout = pb.RolloutCompleted(rollout_id="r", status="succeeded", total_reward=1.5)
+    for sequence in (1, 127, 128, 300, 2**40):
+        for kind, body in ((EVENT_TRANSITION, transition), (EVENT_ROLLOUT, rollout)):
+            stored = StoredEvent(sequence, kind, body.SerializeToString())
+            assert encode_stream_event(stored) == to_stream_event(stored).SerializeToString()

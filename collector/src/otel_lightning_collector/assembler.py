@@ -10,12 +10,13 @@ from collections.abc import Iterable
 
 from otel_lightning_collector.credit import credit_rule
 from otel_lightning_collector.notifier import Notifier
-from otel_lightning_collector.store import EVENT_ROLLOUT, EVENT_TRANSITION, Store
-from otel_lightning_collector.transitions import INCOMPLETE, build_rollout
+from otel_lightning_collector.store import EVENT_ROLLOUT, EVENT_TRANSITION, Completion, RolloutRow, Store
+from otel_lightning_collector.transitions import INCOMPLETE, SUCCEEDED, build_rollout
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_BATCH = 256
 
 
 class RolloutAssembler:
@@ -61,66 +62,84 @@ class RolloutAssembler:
     def _run(self) -> None:
         next_sweep = time.monotonic() + self.sweep_interval_s
         while True:
-            timeout = max(next_sweep - time.monotonic(), 0.0)
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
+            batch = self._next_batch(timeout=max(next_sweep - time.monotonic(), 0.0))
+            if batch is None:
                 return
-            if item is not None:
-                due, rollout_id = item  # type: ignore[misc]
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                self._complete_safely(rollout_id)
+            if batch:
+                self._complete_safely(batch)
             if time.monotonic() >= next_sweep:
                 self._sweep()
                 next_sweep = time.monotonic() + self.sweep_interval_s
 
+    def _next_batch(self, timeout: float) -> list[str] | None:
+        """Rollout ids ready now (up to _BATCH, committed together); None once stopped."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        items = [item]
+        while len(items) < _BATCH:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        stop = _STOP in items
+        due = [entry for entry in items if entry is not _STOP]
+        if due and not stop:
+            delay = max(at for at, _ in due) - time.monotonic()  # type: ignore[misc]
+            if delay > 0:
+                time.sleep(delay)
+        batch = list(dict.fromkeys(rollout_id for _, rollout_id in due))  # type: ignore[misc]
+        if stop:
+            self._complete_safely(batch)
+            return None
+        return batch
+
     def _sweep(self) -> None:
         idle_since = time.time_ns() - int(self.rollout_timeout_s * 1e9)
-        for rollout_id in self.store.stale_rollouts(idle_since):
+        stale = self.store.stale_rollouts(idle_since)
+        for rollout_id in stale:
             logger.warning(
                 "rollout %s: no root span for %.0fs, completing it as incomplete", rollout_id, self.rollout_timeout_s
             )
-            self._complete_safely(rollout_id)
+        if stale:
+            self._complete_safely(stale)
 
-    def _complete_safely(self, rollout_id: str) -> None:
+    def _complete_safely(self, rollout_ids: list[str]) -> None:
+        if not rollout_ids:
+            return
         try:
-            self.complete(rollout_id)
+            self.complete(rollout_ids)
         except Exception:
-            # It stays open in the store: the next start (or sweep) tries again.
-            logger.exception("could not complete rollout %s", rollout_id)
+            # They stay open in the store: the next start (or sweep) tries again.
+            logger.exception("could not complete rollouts %s", rollout_ids[:5])
 
-    def complete(self, rollout_id: str) -> bool:
-        row = self.store.rollout(rollout_id)
-        if row is None:
-            return False
+    def build(self, row: RolloutRow, span_bodies: list[bytes]) -> Completion:
         built = build_rollout(
-            row.rollout_id,
-            row.task_id,
-            row.attempt,
-            self.store.rollout_spans(rollout_id),
-            self.credit,
-            root_missing_status=INCOMPLETE,
+            row.rollout_id, row.task_id, row.attempt, span_bodies, self.credit, root_missing_status=INCOMPLETE
         )
-        events = [(EVENT_TRANSITION, t.SerializeToString()) for t in built.transitions]
-        events.append((EVENT_ROLLOUT, built.completed.SerializeToString()))
         completed = built.completed
-        if not self.store.complete_rollout(
-            rollout_id, events, completed.status, completed.error_type, completed.error_message
-        ):
-            return False
-        self.completed += 1
-        if completed.status != "succeeded":
+        completed.late_span_count = row.late_span_count
+        events = [(EVENT_TRANSITION, t.SerializeToString()) for t in built.transitions]
+        events.append((EVENT_ROLLOUT, completed.SerializeToString()))
+        if completed.status != SUCCEEDED:
             logger.info(
                 "rollout %s (task %s) ended %s: %s %s",
-                rollout_id,
+                row.rollout_id,
                 row.task_id,
                 completed.status,
                 completed.error_type,
                 completed.error_message,
             )
-        self.notifier.notify()
-        return True
+        return Completion(row.rollout_id, events, completed.status, completed.error_type, completed.error_message)
+
+    def complete(self, rollout_ids: list[str]) -> list[str]:
+        """Build and commit the given rollouts (those still open); returns the ids completed now."""
+        rows = self.store.rollouts(rollout_ids)
+        spans = self.store.rollout_spans([row.rollout_id for row in rows])
+        completions = [self.build(row, spans[row.rollout_id]) for row in rows]
+        done = self.store.complete_rollouts(completions)
+        self.completed += len(done)
+        if done:
+            self.notifier.notify()
+        return done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -14,11 +15,26 @@ _ROLLOUT_KEYS = frozenset((semconv.ROLLOUT_ID, semconv.TASK_ID, semconv.ATTEMPT,
 _MAX_REASONS = 5
 
 
+_SCALAR_KINDS = ("int_value", "double_value", "string_value", "bool_value")
+
+
+def _array(values: Any) -> list[Any]:
+    # Span attribute arrays are homogeneous by the OTel spec (the SDK refuses mixed ones), and token-id
+    # arrays hold hundreds of ints: reading them with a C-level map() is ~5x faster than one by one.
+    # The first and last elements are checked; an array that is visibly mixed takes the slow path.
+    if not values:
+        return []
+    kind = values[0].WhichOneof("value")
+    if kind in _SCALAR_KINDS and values[-1].WhichOneof("value") == kind:
+        return list(map(attrgetter(kind), values))
+    return [any_value(v) for v in values]
+
+
 def any_value(value: AnyValue) -> Any:
     """The Python value of an OTLP AnyValue (arrays and maps recursively)."""
     which = value.WhichOneof("value")
     if which == "array_value":
-        return [any_value(v) for v in value.array_value.values]
+        return _array(value.array_value.values)
     if which == "kvlist_value":
         return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
     return getattr(value, which) if which else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +31,9 @@ CREATE TABLE IF NOT EXISTS spans (
     end_ns INTEGER NOT NULL,
     late INTEGER NOT NULL DEFAULT 0,
     body BLOB NOT NULL,
-    PRIMARY KEY (trace_id, span_id)
-) WITHOUT ROWID;
+    -- A rowid table: spans are large rows, which WITHOUT ROWID tables store badly.
+    UNIQUE (trace_id, span_id)
+);
 CREATE INDEX IF NOT EXISTS spans_by_rollout ON spans (rollout_id);
 CREATE TABLE IF NOT EXISTS rollouts (
     rollout_id TEXT PRIMARY KEY,
@@ -41,8 +41,6 @@ CREATE TABLE IF NOT EXISTS rollouts (
     attempt INTEGER NOT NULL,
     state TEXT NOT NULL,
     root_seen INTEGER NOT NULL DEFAULT 0,
-    span_count INTEGER NOT NULL DEFAULT 0,
-    late_span_count INTEGER NOT NULL DEFAULT 0,
     last_seen_ns INTEGER NOT NULL,
     status TEXT,
     error_type TEXT,
@@ -62,6 +60,31 @@ CREATE TABLE IF NOT EXISTS consumers (
 """
 
 
+_INSERT_SPAN = (
+    "INSERT OR IGNORE INTO spans (trace_id, span_id, rollout_id, parent_span_id, name, start_ns, end_ns, late, body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+    # SQLite limits the number of bound parameters per statement.
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _span_row(record: SpanRecord, late: bool) -> tuple:
+    return (
+        record.trace_id,
+        record.span_id,
+        record.rollout_id,
+        record.parent_span_id,
+        record.name,
+        record.start_ns,
+        record.end_ns,
+        int(late),
+        record.body,
+    )
+
+
 @dataclass
 class IngestResult:
     stored: int = 0
@@ -78,6 +101,17 @@ class RolloutRow:
     attempt: int
     span_count: int
     late_span_count: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What completing one rollout writes: its events in order, and its final status."""
+
+    rollout_id: str
+    events: list[tuple[int, bytes]]
+    status: str
+    error_type: str = ""
+    error_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,74 +160,80 @@ class Store:
 
     # --- ingest -----------------------------------------------------------------------------------
 
-    def ingest(self, records: Iterable[SpanRecord]) -> IngestResult:
-        """Store spans (duplicates by (trace_id, span_id) are ignored) and their rollouts, in one commit."""
+    def ingest(self, records: list[SpanRecord]) -> IngestResult:
+        """Store spans (duplicates by (trace_id, span_id) are ignored) and their rollouts, in one commit.
+
+        A handful of batched statements per request, whatever its size: per-span statements made
+        SQLite the bottleneck of ingest.
+        """
         result = IngestResult()
+        if not records:
+            return result
         now = time.time_ns()
+        rollout_ids = list(dict.fromkeys(r.rollout_id for r in records))
         with self._write_lock:
             db = self._writer
             db.execute("BEGIN IMMEDIATE")
             try:
-                states: dict[str, str] = {}
-                for record in records:
-                    state = states.get(record.rollout_id)
-                    if state is None:
-                        db.execute(
-                            "INSERT OR IGNORE INTO rollouts (rollout_id, task_id, attempt, state, last_seen_ns)"
-                            " VALUES (?, ?, ?, ?, ?)",
-                            (record.rollout_id, record.task_id, record.attempt, OPEN, now),
-                        )
-                        state = db.execute(
-                            "SELECT state FROM rollouts WHERE rollout_id = ?", (record.rollout_id,)
-                        ).fetchone()[0]
-                        states[record.rollout_id] = state
-                    late = state == COMPLETED
-                    cursor = db.execute(
-                        "INSERT OR IGNORE INTO spans (trace_id, span_id, rollout_id, parent_span_id, name,"
-                        " start_ns, end_ns, late, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            record.trace_id,
-                            record.span_id,
-                            record.rollout_id,
-                            record.parent_span_id,
-                            record.name,
-                            record.start_ns,
-                            record.end_ns,
-                            int(late),
-                            record.body,
-                        ),
-                    )
-                    if cursor.rowcount == 0:
-                        result.duplicates += 1
-                        continue
-                    result.stored += 1
+                completed = self._completed_among(rollout_ids)
+                db.executemany(
+                    "INSERT OR IGNORE INTO rollouts (rollout_id, task_id, attempt, state, last_seen_ns)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (r.rollout_id, r.task_id, r.attempt, OPEN, now)
+                        for r in {r.rollout_id: r for r in records}.values()
+                    ],
+                )
+                for late in (False, True):
+                    rows = [_span_row(r, late) for r in records if (r.rollout_id in completed) == late]
+                    before = db.total_changes
+                    db.executemany(_INSERT_SPAN, rows)
+                    inserted = db.total_changes - before
+                    result.stored += inserted
+                    result.duplicates += len(rows) - inserted
                     if late:
-                        result.late += 1
-                    db.execute(
-                        "UPDATE rollouts SET span_count = span_count + 1, late_span_count = late_span_count + ?,"
-                        " root_seen = root_seen OR ?, last_seen_ns = ? WHERE rollout_id = ?",
-                        (int(late), int(record.is_root), now, record.rollout_id),
-                    )
-                    if record.is_root and not late:
-                        result.ready[record.rollout_id] = None
+                        result.late = inserted
+                roots = {r.rollout_id for r in records if r.is_root}
+                db.executemany(
+                    "UPDATE rollouts SET last_seen_ns = ?, root_seen = root_seen OR ? WHERE rollout_id = ?",
+                    [(now, int(rollout_id in roots), rollout_id) for rollout_id in rollout_ids],
+                )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        # A retried root of an open rollout is submitted again: completing is idempotent.
+        result.ready = {rollout_id: None for rollout_id in rollout_ids if rollout_id in roots - completed}
         return result
+
+    def _completed_among(self, rollout_ids: list[str]) -> set[str]:
+        completed: set[str] = set()
+        for chunk in _chunks(rollout_ids):
+            rows = self._writer.execute(
+                f"SELECT rollout_id FROM rollouts WHERE state = ? AND rollout_id IN ({','.join('?' * len(chunk))})",
+                (COMPLETED, *chunk),
+            )
+            completed.update(row[0] for row in rows)
+        return completed
 
     # --- rollouts ---------------------------------------------------------------------------------
 
     def rollout(self, rollout_id: str) -> RolloutRow | None:
-        row = (
-            self._reader()
-            .execute(
-                "SELECT rollout_id, task_id, attempt, span_count, late_span_count FROM rollouts WHERE rollout_id = ?",
-                (rollout_id,),
+        rows = self.rollouts([rollout_id])
+        return rows[0] if rows else None
+
+    def rollouts(self, rollout_ids: list[str]) -> list[RolloutRow]:
+        """Rows of the given rollouts (unknown ids are left out), in no particular order."""
+        found: list[RolloutRow] = []
+        for chunk in _chunks(rollout_ids):
+            rows = self._reader().execute(
+                "SELECT r.rollout_id, task_id, attempt, COUNT(s.span_id), COALESCE(SUM(s.late), 0)"
+                " FROM rollouts r LEFT JOIN spans s ON s.rollout_id = r.rollout_id"
+                f" WHERE r.rollout_id IN ({','.join('?' * len(chunk))}) GROUP BY r.rollout_id",
+                chunk,
             )
-            .fetchone()
-        )
-        return RolloutRow(*row) if row else None
+            found.extend(RolloutRow(*row) for row in rows)
+        return found
 
     def rollout_state(self, rollout_id: str) -> tuple[str, str | None] | None:
         row = (
@@ -201,11 +241,18 @@ class Store:
         )
         return (row[0], row[1]) if row else None
 
-    def rollout_spans(self, rollout_id: str) -> list[bytes]:
-        rows = self._reader().execute(
-            "SELECT body FROM spans WHERE rollout_id = ? AND late = 0 ORDER BY start_ns, span_id", (rollout_id,)
-        )
-        return [row[0] for row in rows]
+    def rollout_spans(self, rollout_ids: list[str]) -> dict[str, list[bytes]]:
+        """Serialized spans of each rollout (late ones left out), in start order."""
+        spans: dict[str, list[bytes]] = {rollout_id: [] for rollout_id in rollout_ids}
+        for chunk in _chunks(rollout_ids):
+            rows = self._reader().execute(
+                f"SELECT rollout_id, body FROM spans WHERE rollout_id IN ({','.join('?' * len(chunk))})"
+                " AND late = 0 ORDER BY rollout_id, start_ns, span_id",
+                chunk,
+            )
+            for rollout_id, body in rows:
+                spans[rollout_id].append(body)
+        return spans
 
     def ready_rollouts(self) -> list[str]:
         """Open rollouts whose root span is stored (after a restart: the work left undone)."""
@@ -220,36 +267,41 @@ class Store:
         )
         return [row[0] for row in rows]
 
-    def complete_rollout(
-        self,
-        rollout_id: str,
-        events: list[tuple[int, bytes]],
-        status: str,
-        error_type: str = "",
-        error_message: str = "",
-    ) -> bool:
-        """Append the rollout's events and mark it completed, atomically; False if it already was."""
+    def complete_rollouts(self, completions: list[Completion]) -> list[str]:
+        """Append each rollout's events and mark it completed, all in one transaction.
+
+        Rollouts that were already completed are skipped; returns the ids that were completed now.
+        """
+        done: list[str] = []
         with self._write_lock:
             db = self._writer
             db.execute("BEGIN IMMEDIATE")
             try:
-                cursor = db.execute(
-                    "UPDATE rollouts SET state = ?, status = ?, error_type = ?, error_message = ?"
-                    " WHERE rollout_id = ? AND state = ?",
-                    (COMPLETED, status, error_type, error_message, rollout_id, OPEN),
-                )
-                if cursor.rowcount == 0:
-                    db.execute("ROLLBACK")
-                    return False
-                db.executemany(
-                    "INSERT INTO events (kind, rollout_id, body) VALUES (?, ?, ?)",
-                    [(kind, rollout_id, body) for kind, body in events],
-                )
+                for completion in completions:
+                    cursor = db.execute(
+                        "UPDATE rollouts SET state = ?, status = ?, error_type = ?, error_message = ?"
+                        " WHERE rollout_id = ? AND state = ?",
+                        (
+                            COMPLETED,
+                            completion.status,
+                            completion.error_type,
+                            completion.error_message,
+                            completion.rollout_id,
+                            OPEN,
+                        ),
+                    )
+                    if cursor.rowcount == 0:
+                        continue
+                    db.executemany(
+                        "INSERT INTO events (kind, rollout_id, body) VALUES (?, ?, ?)",
+                        [(kind, completion.rollout_id, body) for kind, body in completion.events],
+                    )
+                    done.append(completion.rollout_id)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return True
+        return done
 
     def status_counts(self) -> dict[str, int]:
         rows = self._reader().execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -19,6 +20,7 @@ SERVICE = "otel_lightning.v1.TransitionStream"
 DEFAULT_MAX_IN_FLIGHT = 256
 _PAGE = 256
 _POLL_S = 0.5
+_PERSIST_S = 0.05
 
 
 def to_stream_event(stored: StoredEvent) -> pb.StreamEvent:
@@ -28,13 +30,39 @@ def to_stream_event(stored: StoredEvent) -> pb.StreamEvent:
     return event
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_stream_event(stored: StoredEvent) -> bytes:
+    """The wire bytes of `to_stream_event(stored)`, without parsing the stored payload again.
+
+    StreamEvent is `sequence` (field 1, varint) then the payload (field 2 transition or 3 rollout,
+    length-delimited): the stored body is already that payload's serialization.
+    """
+    field = 2 if stored.kind == EVENT_TRANSITION else 3
+    return b"\x08" + _varint(stored.sequence) + bytes(((field << 3) | 2,)) + _varint(len(stored.body)) + stored.body
+
+
 class _Acks:
-    """Acks read from the client's half of the stream, on a thread of their own."""
+    """Acks read from the client's half of the stream, on a thread of their own.
+
+    A durable consumer's ack is written to the store at most every _PERSIST_S and when the stream
+    ends: one commit per ack made the store the bottleneck of a fast consumer. A collector crash
+    can thus redeliver up to _PERSIST_S of acked events to a consumer that reconnects from scratch.
+    """
 
     def __init__(self, store: Store, consumer: str, start: int) -> None:
         self.store = store
         self.consumer = consumer
         self.acked = start
+        self._persisted = start
+        self._persisted_at = time.monotonic()
         self.error: str | None = None
         self.finished = threading.Event()
         self.changed = threading.Condition()
@@ -47,11 +75,14 @@ class _Acks:
                     self.error = "after the first Subscribe, only Acks may be sent"
                     break
                 self._ack(request.ack.sequence)
+                if time.monotonic() - self._persisted_at >= _PERSIST_S:
+                    self.persist()
         except DecodeError as error:
             self.error = f"malformed SubscribeRequest: {error}"
         except grpc.RpcError:
             pass  # the client went away; the stream ends below
         finally:
+            self.persist()
             self.finished.set()
             with self.changed:
                 self.changed.notify_all()
@@ -62,8 +93,13 @@ class _Acks:
                 return
             self.acked = sequence
             self.changed.notify_all()
-        if self.consumer:
-            self.store.ack(self.consumer, sequence)
+
+    def persist(self) -> None:
+        acked = self.acked
+        if self.consumer and acked > self._persisted:
+            self.store.ack(self.consumer, acked)
+            self._persisted = acked
+        self._persisted_at = time.monotonic()
 
 
 class TransitionStreamService:
@@ -103,7 +139,7 @@ class TransitionStreamService:
             generation = self.notifier.generation
             events = self.store.events_after(sent, min(room, _PAGE), end)
             for stored in events:
-                yield to_stream_event(stored).SerializeToString()
+                yield encode_stream_event(stored)
                 sent = stored.sequence
             if events:
                 continue
@@ -112,6 +148,7 @@ class TransitionStreamService:
                 # Keep the call open until the client has sent its last acks and closed its side.
                 acks.finished.wait(timeout=30)
                 return
+            acks.persist()
             self.notifier.wait(generation, _POLL_S)
 
     def handler(self) -> grpc.GenericRpcHandler:

@@ -97,7 +97,8 @@ def request_attributes(api: str, kwargs: Mapping[str, Any], capture_content: boo
 
 
 def _int_list(value: Any) -> list[int] | None:
-    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+    # The SDK checks every element again when the attribute is set; the first one tells the shape.
+    if isinstance(value, list) and value and isinstance(value[0], int):
         return value
     return None
 
