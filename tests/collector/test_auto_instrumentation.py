@@ -71,3 +71,29 @@ def test_quickstart_agent_under_opentelemetry_instrument(collector, openai_stub)
         assert key in first, key
     assert first["state"]["messages"][0] == {"role": "system", "content": "Answer briefly."}
     assert first["policy_version"] == "stub-1"
+
+
+def test_transitions_follow_prints_new_rollouts_as_they_complete(collector):
+    from tests.collector.test_ingest_robustness import exporter
+    from tests.support import SpanFactory, export_request
+
+    follower = subprocess.Popen(
+        [str(BIN / "otel-lightning"), "transitions", "--collector", collector.address, "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        for index in range(2):
+            spans = SpanFactory(rollout_id=f"live-{index}")
+            exporter(collector.address)(export_request(spans.llm("q", "a"), spans.reward(1.0), spans.root()))
+        lines = [json.loads(follower.stdout.readline()) for _ in range(4)]
+    finally:
+        follower.terminate()
+        follower.wait(10)
+    assert [(line["type"], line["rollout_id"]) for line in lines] == [
+        ("transition", "live-0"),
+        ("rollout", "live-0"),
+        ("transition", "live-1"),
+        ("rollout", "live-1"),
+    ]

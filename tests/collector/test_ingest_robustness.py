@@ -152,3 +152,57 @@ def test_multi_agent_steps_link_within_each_agent(collector):
     assert by_agent[("planner", 0)].next_state_json == by_agent[("planner", 1)].state_json
     assert by_agent[("coder", 0)].done and not by_agent[("planner", 0)].done
     assert [t.reward for t in steps] == [1.0, 1.0, 1.0]
+
+
+def test_overloaded_collector_answers_unavailable_which_exporters_retry(tmp_path, monkeypatch):
+    import threading
+
+    from otel_lightning_collector import CollectorConfig, CollectorServer
+
+    config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "busy.db", max_concurrent_exports=1)
+    with CollectorServer(config) as server:
+        entered, release = threading.Event(), threading.Event()
+        real_ingest = server.store.ingest
+
+        def slow_ingest(records):
+            entered.set()
+            release.wait(10)
+            return real_ingest(records)
+
+        monkeypatch.setattr(server.store, "ingest", slow_ingest)
+        first = SpanFactory(rollout_id="r-first")
+        export = exporter(server.address)
+        pending = export.future(export_request(first.llm("q", "a"), first.root()))
+        assert entered.wait(10)
+        second = SpanFactory(rollout_id="r-second")
+        with pytest.raises(grpc.RpcError) as caught:
+            export(export_request(second.llm("q", "a"), second.root()))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        release.set()
+        pending.result(timeout=10)
+        monkeypatch.setattr(server.store, "ingest", real_ingest)
+        export(export_request(second.llm("q", "a"), second.root()))  # the retry goes through
+        assert sorted(r.rollout_id for r in rollouts(wait_for_rollouts(server.address, 2))) == [
+            "r-first",
+            "r-second",
+        ]
+
+
+def test_unwritable_store_answers_unavailable_and_keeps_what_it_has(collector, monkeypatch):
+    import sqlite3
+
+    spans = SpanFactory(rollout_id="r-kept")
+    export = exporter(collector.address)
+    export(export_request(spans.llm("q", "a"), spans.root()))
+    wait_for_rollouts(collector.address, 1)
+
+    def disk_full(records):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(collector.store, "ingest", disk_full)
+    other = SpanFactory(rollout_id="r-refused")
+    with pytest.raises(grpc.RpcError) as caught:
+        export(export_request(other.llm("q", "a"), other.root()))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "not writable" in caught.value.details()
+    assert [r.rollout_id for r in rollouts(wait_for_rollouts(collector.address, 1))] == ["r-kept"]
