@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=_env("LIGHTNING_DURABILITY", "normal"),
         help="normal: survives a killed collector; full: also survives power loss (slower)",
     )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=int(_env("LIGHTNING_MAX_ATTEMPTS", "3")),
+        help="tries of a task sample (lease expired, worker crashed) before it is failed (env LIGHTNING_MAX_ATTEMPTS)",
+    )
     parser.set_defaults(run=_run)
 
 
@@ -63,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         settle_s=args.settle_ms / 1000.0,
         rollout_timeout_s=args.rollout_timeout,
         durability=args.durability,
+        max_attempts=args.max_attempts,
     )
     server = CollectorServer(config).start()
     print(f"otel-lightning collector listening on {server.address} (store: {config.store_path})", flush=True)

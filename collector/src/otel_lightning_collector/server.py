@@ -9,11 +9,14 @@ from pathlib import Path
 
 import grpc
 
+from otel_lightning.v1 import tasks_pb2_grpc as pb_grpc
 from otel_lightning_collector.assembler import RolloutAssembler
 from otel_lightning_collector.notifier import Notifier
 from otel_lightning_collector.otlp_receiver import OtlpTraceReceiver
 from otel_lightning_collector.store import Store
 from otel_lightning_collector.stream_service import TransitionStreamService
+from otel_lightning_collector.task_pool import TaskPool
+from otel_lightning_collector.task_pool_service import TaskPoolService
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ class CollectorConfig:
     max_workers: int = 32
     max_concurrent_exports: int = 16
     max_message_bytes: int = 64 * 1024 * 1024
+    max_attempts: int = 3
 
 
 class CollectorServer:
@@ -49,6 +53,7 @@ class CollectorServer:
             self.store, self.assembler, max_concurrent_exports=config.max_concurrent_exports
         )
         self.stream = TransitionStreamService(self.store, self.notifier)
+        self.task_pool = TaskPool(self.store, max_attempts=config.max_attempts)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="collector-rpc"),
             options=[
@@ -57,6 +62,7 @@ class CollectorServer:
             ],
         )
         self._server.add_generic_rpc_handlers((*self.receiver.handlers(), self.stream.handler()))
+        pb_grpc.add_TaskPoolServicer_to_server(TaskPoolService(self.task_pool), self._server)
         self.port = self._server.add_insecure_port(config.listen)
         if self.port == 0:
             raise OSError(f"could not listen on {config.listen}: the address is taken or invalid")

@@ -6,9 +6,11 @@ completion event are committed in one transaction, so a crash leaves either all 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,6 +152,22 @@ class Store:
             with self._write_lock:
                 self._readers.append(connection)
         return connection
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (WAL: reads do not wait for the writer)."""
+        return self._reader()
 
     def close(self) -> None:
         with self._write_lock:

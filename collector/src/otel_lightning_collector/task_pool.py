@@ -1,0 +1,202 @@
+"""TaskPool: tasks in, leased rollouts out, in the collector's SQLite store (survives restarts).
+
+A task of group size n is n samples. A worker claims a sample with a lease; it heartbeats and
+completes it. A lease that expires (worker crashed or hung) or a completion with `requeue` puts
+the sample back, with its attempt count up, until `max_attempts`; then the sample is failed with
+the reason. Each claim gets a fresh rollout id, which the worker's rollout carries.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from otel_lightning_collector.store import Store
+
+QUEUED, LEASED, DONE, FAILED = "queued", "leased", "done", "failed"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    input_json TEXT NOT NULL,
+    group_size INTEGER NOT NULL,
+    submitted_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    sample INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_id TEXT,
+    lease_expires_ns INTEGER,
+    worker TEXT,
+    rollout_id TEXT,
+    status TEXT,
+    error TEXT,
+    UNIQUE (task_id, sample)
+);
+CREATE INDEX IF NOT EXISTS samples_by_state ON samples (state, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS samples_by_lease ON samples (lease_id);
+"""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_id: str
+    input_json: str
+    group_size: int = 1
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    lease_id: str
+    task_id: str
+    input_json: str
+    sample: int
+    attempt: int
+    rollout_id: str
+    lease_s: float
+
+
+class TaskPool:
+    def __init__(self, store: Store, *, max_attempts: int = 3) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.store = store
+        self.max_attempts = max_attempts
+        self._available = threading.Condition()
+        with store.transaction() as db:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+
+    def submit(self, tasks: list[TaskSpec]) -> tuple[int, int]:
+        """Add tasks (ids already present are left as they are); returns (accepted, already_known)."""
+        accepted = 0
+        now = time.time_ns()
+        with self.store.transaction() as db:
+            for task in tasks:
+                if not task.task_id:
+                    raise ValueError("every task needs a non-empty task_id")
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO tasks (task_id, input_json, group_size, submitted_ns) VALUES (?, ?, ?, ?)",
+                    (task.task_id, task.input_json, max(task.group_size, 1), now),
+                )
+                if cursor.rowcount:
+                    accepted += 1
+                    db.executemany(
+                        "INSERT INTO samples (task_id, sample, state) VALUES (?, ?, ?)",
+                        [(task.task_id, sample, QUEUED) for sample in range(max(task.group_size, 1))],
+                    )
+        with self._available:
+            self._available.notify_all()
+        return accepted, len(tasks) - accepted
+
+    def claim(self, worker: str, lease_s: float, wait_s: float = 0.0) -> LeaseInfo | None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            self.expire_leases()
+            lease = self._claim_now(worker, lease_s)
+            remaining = deadline - time.monotonic()
+            if lease is not None or remaining <= 0:
+                return lease
+            with self._available:
+                self._available.wait(min(remaining, 0.5))
+
+    def _claim_now(self, worker: str, lease_s: float) -> LeaseInfo | None:
+        lease_id, rollout_id = uuid.uuid4().hex, uuid.uuid4().hex
+        with self.store.transaction() as db:
+            row = db.execute(
+                "SELECT s.seq, s.task_id, s.sample, s.attempts, t.input_json FROM samples s"
+                " JOIN tasks t ON t.task_id = s.task_id WHERE s.state = ? ORDER BY s.seq LIMIT 1",
+                (QUEUED,),
+            ).fetchone()
+            if row is None:
+                return None
+            seq, task_id, sample, attempts, input_json = row
+            db.execute(
+                "UPDATE samples SET state = ?, lease_id = ?, lease_expires_ns = ?, worker = ?, rollout_id = ?"
+                " WHERE seq = ?",
+                (LEASED, lease_id, time.time_ns() + int(lease_s * 1e9), worker, rollout_id, seq),
+            )
+        return LeaseInfo(lease_id, task_id, input_json, sample, attempts, rollout_id, lease_s)
+
+    def heartbeat(self, lease_id: str, lease_s: float | None = None) -> bool:
+        with self.store.transaction() as db:
+            row = db.execute(
+                "SELECT lease_expires_ns, worker FROM samples WHERE lease_id = ? AND state = ?", (lease_id, LEASED)
+            ).fetchone()
+            if row is None or row[0] < time.time_ns():
+                return False
+            extend_ns = int((lease_s or 30.0) * 1e9)
+            db.execute(
+                "UPDATE samples SET lease_expires_ns = ? WHERE lease_id = ?", (time.time_ns() + extend_ns, lease_id)
+            )
+        return True
+
+    def complete(
+        self, lease_id: str, status: str, error_type: str = "", error_message: str = "", requeue: bool = False
+    ) -> bool:
+        """Finish a lease; False when it is unknown or no longer held (it expired and was requeued)."""
+        error = f"{error_type}: {error_message}".strip(": ")
+        with self.store.transaction() as db:
+            row = db.execute(
+                "SELECT seq, attempts FROM samples WHERE lease_id = ? AND state = ?", (lease_id, LEASED)
+            ).fetchone()
+            if row is None:
+                return False
+            seq, attempts = row
+            if requeue:
+                self._requeue(db, seq, attempts, status, error or "the worker asked to requeue")
+            else:
+                db.execute(
+                    "UPDATE samples SET state = ?, status = ?, error = ?, attempts = attempts + 1 WHERE seq = ?",
+                    (DONE, status, error, seq),
+                )
+        return True
+
+    def _requeue(self, db, seq: int, attempts: int, status: str, reason: str) -> None:
+        attempts += 1
+        if attempts >= self.max_attempts:
+            db.execute(
+                "UPDATE samples SET state = ?, attempts = ?, status = ?, error = ?, lease_id = NULL WHERE seq = ?",
+                (FAILED, attempts, status, f"gave up after {attempts} attempts; last: {reason}", seq),
+            )
+        else:
+            db.execute(
+                "UPDATE samples SET state = ?, attempts = ?, status = ?, error = ?, lease_id = NULL WHERE seq = ?",
+                (QUEUED, attempts, status, reason, seq),
+            )
+            with self._available:
+                self._available.notify_all()
+
+    def expire_leases(self) -> int:
+        """Requeue (or fail) samples whose lease ran out; returns how many."""
+        now = time.time_ns()
+        with self.store.transaction() as db:
+            rows = db.execute(
+                "SELECT seq, attempts, worker FROM samples WHERE state = ? AND lease_expires_ns < ?", (LEASED, now)
+            ).fetchall()
+            for seq, attempts, worker in rows:
+                self._requeue(db, seq, attempts, "abandoned", f"lease of worker {worker!r} expired")
+        return len(rows)
+
+    def stats(self) -> dict[str, int]:
+        rows = self.store.reader().execute("SELECT state, COUNT(*) FROM samples GROUP BY state").fetchall()
+        counts = {QUEUED: 0, LEASED: 0, DONE: 0, FAILED: 0}
+        counts.update(dict(rows))
+        return counts
+
+    def sample(self, task_id: str, sample: int) -> dict[str, object] | None:
+        row = (
+            self.store.reader()
+            .execute(
+                "SELECT state, attempts, status, error, rollout_id FROM samples WHERE task_id = ? AND sample = ?",
+                (task_id, sample),
+            )
+            .fetchone()
+        )
+        keys = ("state", "attempts", "status", "error", "rollout_id")
+        return dict(zip(keys, row, strict=True)) if row else None

@@ -1,0 +1,55 @@
+"""The TaskPool gRPC service over TaskPool."""
+
+from __future__ import annotations
+
+import grpc
+
+from otel_lightning.v1 import tasks_pb2 as pb
+from otel_lightning.v1 import tasks_pb2_grpc as pb_grpc
+from otel_lightning_collector.task_pool import TaskPool, TaskSpec
+
+_MAX_WAIT_S = 30.0
+
+
+class TaskPoolService(pb_grpc.TaskPoolServicer):
+    def __init__(self, pool: TaskPool) -> None:
+        self.pool = pool
+
+    def Submit(self, request: pb.SubmitTasksRequest, context: grpc.ServicerContext) -> pb.SubmitTasksResponse:  # noqa: N802
+        try:
+            accepted, known = self.pool.submit(
+                [TaskSpec(t.task_id, t.input_json, t.group_size or 1) for t in request.tasks]
+            )
+        except ValueError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return pb.SubmitTasksResponse(accepted=accepted, already_known=known)
+
+    def Claim(self, request: pb.ClaimRequest, context: grpc.ServicerContext) -> pb.ClaimResponse:  # noqa: N802
+        if request.lease_s <= 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lease_s must be positive")
+        lease = self.pool.claim(request.worker, request.lease_s, min(max(request.wait_s, 0.0), _MAX_WAIT_S))
+        if lease is None:
+            return pb.ClaimResponse()
+        return pb.ClaimResponse(
+            lease=pb.Lease(
+                lease_id=lease.lease_id,
+                task_id=lease.task_id,
+                input_json=lease.input_json,
+                sample=lease.sample,
+                attempt=lease.attempt,
+                rollout_id=lease.rollout_id,
+                lease_s=lease.lease_s,
+            )
+        )
+
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:  # noqa: N802
+        return pb.HeartbeatResponse(valid=self.pool.heartbeat(request.lease_id))
+
+    def Complete(self, request: pb.CompleteRequest, context: grpc.ServicerContext) -> pb.CompleteResponse:  # noqa: N802
+        accepted = self.pool.complete(
+            request.lease_id, request.status, request.error_type, request.error_message, request.requeue
+        )
+        return pb.CompleteResponse(accepted=accepted)
+
+    def Stats(self, request: pb.PoolStatsRequest, context: grpc.ServicerContext) -> pb.PoolStats:  # noqa: N802
+        return pb.PoolStats(**self.pool.stats())

@@ -1,0 +1,54 @@
+"""TaskPoolClient: submit tasks to the collector's pool, claim and complete them (a worker's side)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from otel_lightning.v1 import tasks_pb2 as pb
+from otel_lightning.v1 import tasks_pb2_grpc as pb_grpc
+
+
+class TaskPoolClient:
+    def __init__(self, target: str, channel: grpc.Channel | None = None) -> None:
+        self.target = target
+        self._channel = channel or grpc.insecure_channel(target)
+        self._stub = pb_grpc.TaskPoolStub(self._channel)
+
+    def submit(self, tasks: list[tuple[str, Any]], group_size: int = 1) -> int:
+        """Submit (task_id, input) pairs, input JSON-serialisable; returns how many were new."""
+        request = pb.SubmitTasksRequest(
+            tasks=[
+                pb.Task(task_id=task_id, input_json=json.dumps(given), group_size=group_size)
+                for task_id, given in tasks
+            ]
+        )
+        return self._stub.Submit(request).accepted
+
+    def claim(self, worker: str, lease_s: float = 60.0, wait_s: float = 1.0) -> pb.Lease | None:
+        response = self._stub.Claim(pb.ClaimRequest(worker=worker, lease_s=lease_s, wait_s=wait_s), timeout=wait_s + 30)
+        return response.lease if response.HasField("lease") else None
+
+    def heartbeat(self, lease_id: str) -> bool:
+        return self._stub.Heartbeat(pb.HeartbeatRequest(lease_id=lease_id), timeout=30).valid
+
+    def complete(
+        self, lease_id: str, status: str, error_type: str = "", error_message: str = "", requeue: bool = False
+    ) -> bool:
+        request = pb.CompleteRequest(
+            lease_id=lease_id,
+            status=status,
+            error_type=error_type,
+            error_message=error_message[-2000:],
+            requeue=requeue,
+        )
+        return self._stub.Complete(request, timeout=30).accepted
+
+    def stats(self) -> dict[str, int]:
+        stats = self._stub.Stats(pb.PoolStatsRequest(), timeout=30)
+        return {"queued": stats.queued, "leased": stats.leased, "done": stats.done, "failed": stats.failed}
+
+    def close(self) -> None:
+        self._channel.close()
