@@ -1,0 +1,45 @@
+"""Arithmetic tasks for the calc agent, and the demonstrations of its warm start."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from otel_lightning.train.tokenizer import ByteChatTokenizer
+
+OPERATORS = "+-*"
+
+
+def make_tasks(count: int, seed: int, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    rng = random.Random(seed)
+    tasks = []
+    for index in range(count):
+        a, b, op = rng.randint(0, 99), rng.randint(0, 99), rng.choice(OPERATORS)
+        answer = {"+": a + b, "-": a - b, "*": a * b}[op]
+        tasks.append((f"{prefix}-{index}", {"question": f"What is {a}{op}{b}?", "answer": str(answer)}))
+    return tasks
+
+
+def demonstrations(tokenizer: ByteChatTokenizer, count: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """Mixed demonstrations: half answer directly, usually wrongly; half call the calculator and
+    then repeat its result. GRPO has to find out which of the two pays."""
+    rng = random.Random(seed)
+    examples = []
+    for _, task in make_tasks(count, seed, "demo"):
+        user = {"role": "user", "content": task["question"]}
+        expression = task["question"].removeprefix("What is ").removesuffix("?")
+        if rng.random() < 0.5:
+            guess = str(int(task["answer"]) + rng.choice((-10, -2, -1, 0, 1, 2, 10)))
+            examples.append((tokenizer.encode_prompt([user]), [*tokenizer.encode_text(guess), tokenizer.eos_id]))
+            continue
+        examples.append(
+            (tokenizer.encode_prompt([user]), [*tokenizer.encode_tool_call("calculator", expression), tokenizer.eos_id])
+        )
+        call = {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "calculator", "arguments": {"expression": expression}}}],
+        }
+        prompt = tokenizer.encode_prompt([user, call, {"role": "tool", "content": task["answer"]}])
+        examples.append((prompt, [*tokenizer.encode_text(task["answer"]), tokenizer.eos_id]))
+    return examples

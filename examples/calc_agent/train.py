@@ -1,0 +1,195 @@
+"""The main job: train the calc agent with GRPO through the real parts, on a CPU, offline.
+
+collector (OTLP in, task pool, transition stream) + policy server (tiny Qwen2, OpenAI API)
++ in-process agent workers (unchanged agent code, OpenAI instrumentor) + GRPO trainer.
+
+    python examples/calc_agent/train.py --out runs/calc_agent      # what `make demo` runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from examples.calc_agent import agent
+from examples.calc_agent.tasks import demonstrations, make_tasks
+from otel_lightning.stream_client import TransitionStreamClient
+from otel_lightning.task_client import TaskPoolClient
+from otel_lightning.train.model import parameter_count, tiny_qwen2
+from otel_lightning.train.policy import TorchPolicy
+from otel_lightning.train.policy_server import PolicyServer
+from otel_lightning.train.sft import warm_start
+from otel_lightning.train.tokenizer import ByteChatTokenizer
+from otel_lightning.train.trainer import GRPOTrainer, RolloutGroups, TrainerConfig
+from otel_lightning.worker import Worker
+from otel_lightning_collector import CollectorConfig, CollectorServer
+from otel_lightning_instrumentation_openai import OpenAIInstrumentor
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/calc_agent", help="where the plot, summary and checkpoint go")
+    parser.add_argument("--steps", type=int, default=int(os.environ.get("LIGHTNING_STEPS", "30")))
+    parser.add_argument("--tasks-per-step", type=int, default=8)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--heldout", type=int, default=100)
+    parser.add_argument("--warm-start-steps", type=int, default=int(os.environ.get("LIGHTNING_WARM_START", "700")))
+    parser.add_argument("--hidden", type=int, default=96)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--workers", type=int, default=8, help="concurrent rollouts")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def setup_tracing(collector_address: str) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": "calc-agent"}))
+    exporter = OTLPSpanExporter(endpoint=f"http://{collector_address}", insecure=True)
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=50, max_queue_size=1 << 15))
+    trace.set_tracer_provider(provider)
+    OpenAIInstrumentor().instrument(tracer_provider=provider)
+    return provider
+
+
+def run_tasks(pool, groups, tracer_provider, tasks, group_size: int, timeout_s: float = 300.0):
+    pool.submit(tasks, group_size=group_size)
+    collected = groups.collect({task_id: group_size for task_id, _ in tasks}, timeout_s)
+    tracer_provider.force_flush()
+    return collected
+
+
+def evaluate(policy, pool, groups, tracer_provider, tasks) -> float:
+    """Mean reward over held-out tasks through the same agent, greedy decoding."""
+    policy.greedy = True
+    try:
+        collected = run_tasks(pool, groups, tracer_provider, tasks, group_size=1)
+    finally:
+        policy.greedy = False
+    groups.ack_consumed()
+    rewards = [r.reward if r.status == "succeeded" else 0.0 for records in collected.values() for r in records]
+    return sum(rewards) / max(len(tasks), 1)
+
+
+def plot(curve: list[dict], before: float, after: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(
+        [p["step"] for p in curve], [p["mean_reward"] for p in curve], marker="o", label="training reward (sampled)"
+    )
+    axis.axhline(before, color="grey", linestyle="--", label=f"held-out before ({before:.2f})")
+    axis.axhline(after, color="green", linestyle="--", label=f"held-out after ({after:.2f})")
+    axis.set_xlabel("GRPO step")
+    axis.set_ylabel("mean reward")
+    axis.set_ylim(-0.05, 1.05)
+    axis.set_title("calc agent: GRPO on a tiny Qwen2, CPU")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(max(os.cpu_count() or 1, 1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    tokenizer = ByteChatTokenizer()
+    policy = TorchPolicy(tiny_qwen2(tokenizer, hidden=args.hidden, layers=args.layers, seed=args.seed), tokenizer)
+    print(f"policy: tiny Qwen2, {parameter_count(policy.model):,} parameters, byte-level tokenizer")
+    bar = tqdm(total=args.warm_start_steps, desc="warm start (SFT on mixed demos)", unit="step", mininterval=1.0)
+    warm_start(
+        policy,
+        demonstrations(tokenizer, 4000, args.seed),
+        steps=args.warm_start_steps,
+        lr=3e-3,
+        seed=args.seed,
+        on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")),
+    )
+    bar.close()
+
+    store = out / "collector.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    collector = CollectorServer(CollectorConfig(listen="127.0.0.1:0", store_path=store, credit="final_to_all")).start()
+    server = PolicyServer(policy).start()
+    os.environ["OPENAI_BASE_URL"] = server.base_url
+    provider = setup_tracing(collector.address)
+    worker = Worker(collector.address, agent.run, concurrency=args.workers, lease_s=60)
+    worker.start_in_thread()
+    pool = TaskPoolClient(collector.address)
+    groups = RolloutGroups(TransitionStreamClient(collector.address, consumer="trainer", max_in_flight=4096))
+    trainer = GRPOTrainer(policy, TrainerConfig(lr=args.lr))
+    heldout = make_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout")
+
+    try:
+        before = evaluate(policy, pool, groups, provider, [(f"before-{task_id}", task) for task_id, task in heldout])
+        curve, step_times, wait_times = [], [], []
+        bar = tqdm(range(args.steps), desc="GRPO", unit="step", mininterval=1.0)
+        for step in bar:
+            tasks = make_tasks(args.tasks_per_step, seed=args.seed * 1000 + step, prefix=f"train-{step}")
+            waited = time.perf_counter()
+            collected = run_tasks(pool, groups, provider, tasks, args.group_size)
+            wait_times.append(time.perf_counter() - waited)
+            stepped = time.perf_counter()
+            stats = trainer.step(collected)
+            step_times.append(time.perf_counter() - stepped)
+            groups.ack_consumed()
+            curve.append({"step": step, **stats})
+            bar.set_postfix(reward=f"{stats['mean_reward']:.2f}", version=policy.version)
+        after = evaluate(policy, pool, groups, provider, [(f"after-{task_id}", task) for task_id, task in heldout])
+        trainer.save(out / "checkpoint.pt")
+    finally:
+        worker.stop()
+        server.stop()
+        provider.shutdown()
+        collector.stop()
+
+    total_s = time.perf_counter() - started
+    rollouts = sum(p["rollouts"] for p in curve)
+    summary = {
+        "held_out_reward_before": before,
+        "held_out_reward_after": after,
+        "held_out_tasks": args.heldout,
+        "steps": args.steps,
+        "rollouts_per_step": args.tasks_per_step * args.group_size,
+        "policy_parameters": parameter_count(policy.model),
+        "policy_version": policy.version,
+        "train_rollouts_per_s": rollouts / max(sum(wait_times), 1e-9),
+        "trainer_step_s_mean": sum(step_times) / max(len(step_times), 1),
+        "trainer_wait_share": sum(wait_times) / max(sum(wait_times) + sum(step_times), 1e-9),
+        "stragglers": groups.stragglers,
+        "wall_s": total_s,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "curve": curve,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(curve, before, after, out / "reward_curve.png")
+    print(f"reward curve: {out / 'reward_curve.png'}, summary: {out / 'summary.json'} ({total_s:.0f}s)")
+    print(f"held-out reward: before={before:.2f} after={after:.2f}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

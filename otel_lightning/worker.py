@@ -1,0 +1,159 @@
+"""Agent workers: claim tasks from the collector's pool and run each as a rollout.
+
+Two ways, neither touching the agent's code:
+
+- in-process: `Worker(collector, run)` where `run(task_input)` is a plain sync or async function;
+  `concurrency` rollouts at once (sync functions run in threads).
+- subprocess: `SubprocessAgent(["python", "my_agent.py"])` runs a command per task, with the task
+  input on stdin and in `LIGHTNING_TASK`, the rollout context in `TRACEPARENT`/`BAGGAGE`, and
+  auto-instrumentation on (`opentelemetry-instrument`). Exit code, stderr tail and timeout decide
+  how the rollout ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from otel_lightning.auto import environment_for_current_context
+from otel_lightning.context import rollout
+from otel_lightning.task_client import TaskPoolClient
+
+logger = logging.getLogger(__name__)
+
+ENV_TASK = "LIGHTNING_TASK"
+
+
+class AgentProcessError(RuntimeError):
+    """The agent subprocess exited non-zero; the message ends with its stderr tail."""
+
+
+@dataclass
+class SubprocessAgent:
+    command: Sequence[str]
+    timeout_s: float = 300.0
+    openai_base_url: str | None = None
+    collector: str | None = None
+    auto_instrument: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, task_input: Any) -> str:
+        payload = json.dumps(task_input)
+        env = {**os.environ, **self.env, ENV_TASK: payload, **environment_for_current_context()}
+        if self.openai_base_url:
+            env["OPENAI_BASE_URL"] = self.openai_base_url
+            env.setdefault("OPENAI_API_KEY", "otel-lightning")
+        if self.collector:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.collector}"
+            env.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")
+        command = list(self.command)
+        if self.auto_instrument:
+            command = [shutil.which("opentelemetry-instrument") or "opentelemetry-instrument", *command]
+        try:
+            done = subprocess.run(
+                command, input=payload, env=env, capture_output=True, text=True, timeout=self.timeout_s
+            )
+        except subprocess.TimeoutExpired as error:
+            raise TimeoutError(f"agent command ran past {self.timeout_s:g}s: {' '.join(self.command)}") from error
+        if done.returncode != 0:
+            tail = done.stderr.strip()[-2000:]
+            raise AgentProcessError(f"agent exited with code {done.returncode}: {tail}")
+        return done.stdout
+
+
+@dataclass
+class WorkerStats:
+    succeeded: int = 0
+    failed: int = 0
+    lost_leases: int = 0
+
+
+class Worker:
+    def __init__(
+        self,
+        collector: str,
+        agent: Callable[[Any], Any],
+        *,
+        concurrency: int = 4,
+        lease_s: float = 60.0,
+        task_timeout_s: float = 600.0,
+        name: str | None = None,
+    ) -> None:
+        self.pool = TaskPoolClient(collector)
+        self.agent = agent
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.task_timeout_s = task_timeout_s
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> WorkerStats:
+        """Serve until stop() (blocking)."""
+        asyncio.run(self.serve())
+        return self.stats
+
+    def start_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name=f"worker-{self.name}", daemon=True)
+        thread.start()
+        return thread
+
+    async def serve(self) -> None:
+        await asyncio.gather(*(self._slot(index) for index in range(self.concurrency)))
+
+    async def _slot(self, index: int) -> None:
+        while not self._stop.is_set():
+            lease = await asyncio.to_thread(self.pool.claim, f"{self.name}/{index}", self.lease_s, 0.5)
+            if lease is not None:
+                await self._run_lease(lease)
+
+    async def _run_lease(self, lease: Any) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(lease.lease_id))
+        status, error_type, error_message = "succeeded", "", ""
+        try:
+            task_input = json.loads(lease.input_json)
+            with rollout(lease.task_id, attempt=lease.attempt, rollout_id=lease.rollout_id):
+                await asyncio.wait_for(self._call_agent(task_input), self.task_timeout_s)
+        except asyncio.TimeoutError:
+            status, error_type, error_message = "timeout", "TimeoutError", f"ran past {self.task_timeout_s:g}s"
+        except Exception as error:  # the agent's failure is the rollout's outcome, not the worker's
+            status = "timeout" if isinstance(error, TimeoutError) else "failed"
+            error_type, error_message = type(error).__qualname__, str(error)
+        finally:
+            heartbeat.cancel()
+        if status == "succeeded":
+            self.stats.succeeded += 1
+        else:
+            self.stats.failed += 1
+            logger.info("task %s rollout %s ended %s: %s", lease.task_id, lease.rollout_id, status, error_message)
+        accepted = await asyncio.to_thread(self.pool.complete, lease.lease_id, status, error_type, error_message)
+        if not accepted:
+            self.stats.lost_leases += 1
+            logger.warning("lease of task %s expired before it completed; the pool requeued it", lease.task_id)
+
+    async def _call_agent(self, task_input: Any) -> Any:
+        if inspect.iscoroutinefunction(self.agent):
+            return await self.agent(task_input)
+        return await asyncio.to_thread(self.agent, task_input)
+
+    async def _heartbeat(self, lease_id: str) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(self.lease_s / 3)
+                if not await asyncio.to_thread(self.pool.heartbeat, lease_id):
+                    logger.warning("lost lease %s", lease_id)
+                    return
