@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     transitions.add_argument("--consumer", default="", help="durable consumer name: resume after its last ack")
     transitions.add_argument("--start-after", type=int, default=0, help="sequence to start after (no --consumer)")
     transitions.set_defaults(run=_transitions)
+    from otel_lightning.worker_cli import register as register_worker
+
+    register_worker(subparsers)
     for entry_point in entry_points(group="otel_lightning.commands"):
         entry_point.load()(subparsers)
     return parser

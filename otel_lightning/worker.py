@@ -21,10 +21,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import grpc
 
 from otel_lightning.auto import environment_for_current_context
 from otel_lightning.context import rollout
@@ -37,6 +41,15 @@ ENV_TASK = "LIGHTNING_TASK"
 
 class AgentProcessError(RuntimeError):
     """The agent subprocess exited non-zero; the message ends with its stderr tail."""
+
+
+def _opentelemetry_instrument() -> str:
+    # Beside this interpreter first: a virtual environment's bin/ need not be on PATH.
+    beside = Path(sys.executable).parent / "opentelemetry-instrument"
+    found = str(beside) if beside.exists() else shutil.which("opentelemetry-instrument")
+    if not found:
+        raise FileNotFoundError("opentelemetry-instrument not found: pip install 'otel-lightning[agent]'")
+    return found
 
 
 @dataclass
@@ -59,7 +72,7 @@ class SubprocessAgent:
             env.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")
         command = list(self.command)
         if self.auto_instrument:
-            command = [shutil.which("opentelemetry-instrument") or "opentelemetry-instrument", *command]
+            command = [_opentelemetry_instrument(), *command]
         try:
             done = subprocess.run(
                 command, input=payload, env=env, capture_output=True, text=True, timeout=self.timeout_s
@@ -117,7 +130,14 @@ class Worker:
 
     async def _slot(self, index: int) -> None:
         while not self._stop.is_set():
-            lease = await asyncio.to_thread(self.pool.claim, f"{self.name}/{index}", self.lease_s, 0.5)
+            try:
+                lease = await asyncio.to_thread(self.pool.claim, f"{self.name}/{index}", self.lease_s, 0.5)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                logger.warning("collector %s unavailable; retrying the claim", self.pool.target)
+                await asyncio.sleep(1.0)
+                continue
             if lease is not None:
                 await self._run_lease(lease)
 

@@ -98,3 +98,20 @@ def _openai_instrumented() -> Iterator[None]:
     instrumentor.instrument()
     yield
     instrumentor.uninstrument()
+
+
+@pytest.fixture
+def route_spans() -> Iterator:
+    """`route(address)` sends the test's spans over OTLP to that collector (for code that starts its own)."""
+    exports: list[OtlpExport] = []
+
+    def route(address: str) -> BatchSpanProcessor:
+        export = OtlpExport(address)
+        exports.append(export)
+        _SWITCH.current = export.processor
+        return export.processor
+
+    yield route
+    _SWITCH.current = None
+    for export in exports:
+        export.processor.shutdown()

@@ -30,7 +30,9 @@ def demonstrations(tokenizer: ByteChatTokenizer, count: int, seed: int) -> list[
         expression = task["question"].removeprefix("What is ").removesuffix("?")
         if rng.random() < 0.5:
             guess = str(int(task["answer"]) + rng.choice((-10, -2, -1, 0, 1, 2, 10)))
-            examples.append((tokenizer.encode_prompt([user]), [*tokenizer.encode_text(guess), tokenizer.eos_id]))
+            examples.append(
+                (tokenizer.encode_prompt([user], "calculator"), [*tokenizer.encode_text(guess), tokenizer.eos_id])
+            )
             continue
         examples.append(
             (tokenizer.encode_prompt([user]), [*tokenizer.encode_tool_call("calculator", expression), tokenizer.eos_id])
@@ -40,6 +42,6 @@ def demonstrations(tokenizer: ByteChatTokenizer, count: int, seed: int) -> list[
             "content": "",
             "tool_calls": [{"function": {"name": "calculator", "arguments": {"expression": expression}}}],
         }
-        prompt = tokenizer.encode_prompt([user, call, {"role": "tool", "content": task["answer"]}])
+        prompt = tokenizer.encode_prompt([user, call, {"role": "tool", "content": task["answer"]}], "calculator")
         examples.append((prompt, [*tokenizer.encode_text(task["answer"]), tokenizer.eos_id]))
     return examples

@@ -49,9 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks-per-step", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--heldout", type=int, default=100)
-    parser.add_argument("--warm-start-steps", type=int, default=int(os.environ.get("LIGHTNING_WARM_START", "700")))
-    parser.add_argument("--hidden", type=int, default=96)
-    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--warm-start-steps", type=int, default=int(os.environ.get("LIGHTNING_WARM_START", "800")))
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--workers", type=int, default=8, help="concurrent rollouts")
     parser.add_argument("--seed", type=int, default=0)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         steps=args.warm_start_steps,
         lr=3e-3,
         seed=args.seed,
-        on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")),
+        on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)),
     )
     bar.close()
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ["OPENAI_BASE_URL"] = server.base_url
     provider = setup_tracing(collector.address)
     worker = Worker(collector.address, agent.run, concurrency=args.workers, lease_s=60)
-    worker.start_in_thread()
+    worker_thread = worker.start_in_thread()
     pool = TaskPoolClient(collector.address)
     groups = RolloutGroups(TransitionStreamClient(collector.address, consumer="trainer", max_in_flight=4096))
     trainer = GRPOTrainer(policy, TrainerConfig(lr=args.lr))
@@ -157,11 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
             step_times.append(time.perf_counter() - stepped)
             groups.ack_consumed()
             curve.append({"step": step, **stats})
-            bar.set_postfix(reward=f"{stats['mean_reward']:.2f}", version=policy.version)
+            bar.set_postfix(reward=f"{stats['mean_reward']:.2f}", version=policy.version, refresh=False)
         after = evaluate(policy, pool, groups, provider, [(f"after-{task_id}", task) for task_id, task in heldout])
         trainer.save(out / "checkpoint.pt")
     finally:
         worker.stop()
+        worker_thread.join(timeout=30)
         server.stop()
         provider.shutdown()
         collector.stop()

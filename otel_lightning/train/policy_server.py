@@ -14,8 +14,10 @@ import uuid
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from otel_lightning.train.policy import TorchPolicy
@@ -42,11 +44,13 @@ def _first_parameter(tool: dict[str, Any]) -> str:
 
 def chat_completion(policy: TorchPolicy, request: ChatRequest) -> dict[str, Any]:
     tokenizer = policy.tokenizer
-    prompt_ids = tokenizer.encode_prompt(request.messages)
+    tool_names = [(t.get("function") or {}).get("name") for t in request.tools or []]
+    default_tool = tool_names[0] if tool_names else None
+    prompt_ids = tokenizer.encode_prompt(request.messages, default_tool)
     max_tokens = request.max_completion_tokens or request.max_tokens or 32
     temperature = 1.0 if request.temperature is None else request.temperature
     generation, version = policy.generate(prompt_ids, max_tokens, temperature, request.seed)
-    text, calls = tokenizer.parse_completion(generation.token_ids)
+    text, calls = tokenizer.parse_completion(generation.token_ids, default_tool or "")
     tools = {(t.get("function") or {}).get("name"): t for t in request.tools or []}
     tool_calls = [
         {
@@ -95,6 +99,15 @@ def chat_completion(policy: TorchPolicy, request: ChatRequest) -> dict[str, Any]
 
 def create_app(policy: TorchPolicy) -> FastAPI:
     app = FastAPI(title="otel-lightning policy server")
+
+    # Errors in the OpenAI shape, so OpenAI clients show the reason.
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": {"message": error.detail, "type": "invalid_request_error"}}, error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": {"message": str(error.errors()), "type": "invalid_request_error"}}, 400)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 Ids 0-255 are bytes; a few special tokens mark roles and tool calls. The chat template:
 
-    <user>What is 17+25?<assistant><call>calculator:17+25</call><eos><tool>42<assistant>42<eos>
+    <user>What is 17+25?<assistant><call>17+25</call><eos><tool>42<assistant>42<eos>
 
-A tool call is `<call>NAME:ARGUMENT</call>`, ARGUMENT being the value of the tool's first
-parameter (compact enough for a tiny model to learn). Tool definitions are not rendered: the
-default policy is trained for its tools.
+A tool call is `<call>ARGUMENT</call>` for the first tool the request offers, `<call>NAME:ARGUMENT</call>`
+for any other; ARGUMENT is the value of the tool's first parameter. Compact enough for a tiny model
+to learn; tool definitions are not rendered: the default policy is trained for its tools.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class ByteChatTokenizer:
         out.append(pending.decode("utf-8", errors="replace"))
         return "".join(out)
 
-    def encode_message(self, message: dict[str, Any]) -> list[int]:
+    def encode_message(self, message: dict[str, Any], default_tool: str | None = None) -> list[int]:
         role = message.get("role", "user")
         content = message.get("content") or ""
         if isinstance(content, list):
@@ -57,23 +57,27 @@ class ByteChatTokenizer:
             ids = [self.special["<assistant>"], *self.encode_text(content)]
             for call in message.get("tool_calls") or []:
                 function = call.get("function") or {}
-                ids += self.encode_tool_call(function.get("name", ""), _first_argument(function.get("arguments")))
+                ids += self.encode_tool_call(
+                    function.get("name", ""), _first_argument(function.get("arguments")), default_tool
+                )
             return [*ids, self.eos_id]
         marker = {"system": "<system>", "developer": "<system>", "tool": "<tool>"}.get(role, "<user>")
         return [self.special[marker], *self.encode_text(str(content))]
 
-    def encode_tool_call(self, name: str, argument: str) -> list[int]:
-        return [self.special["<call>"], *self.encode_text(f"{name}:{argument}"), self.special["</call>"]]
+    def encode_tool_call(self, name: str, argument: str, default_tool: str | None = None) -> list[int]:
+        text = argument if name == default_tool else f"{name}:{argument}"
+        return [self.special["<call>"], *self.encode_text(text), self.special["</call>"]]
 
-    def encode_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+    def encode_prompt(self, messages: list[dict[str, Any]], default_tool: str | None = None) -> list[int]:
         """The conversation so far, ending with the marker that asks the model for its turn."""
         ids: list[int] = []
         for message in messages:
-            ids += self.encode_message(message)
+            ids += self.encode_message(message, default_tool)
         return [*ids, self.special["<assistant>"]]
 
-    def parse_completion(self, ids: list[int]) -> tuple[str, list[ToolCall]]:
-        """(text, tool calls) of generated ids (up to and without <eos>)."""
+    def parse_completion(self, ids: list[int], default_tool: str = "") -> tuple[str, list[ToolCall]]:
+        """(text, tool calls) of generated ids (up to and without <eos>); a call without a name is to
+        `default_tool`."""
         if self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
         text, calls, current = bytearray(), [], None
@@ -81,8 +85,8 @@ class ByteChatTokenizer:
             if token == self.special["<call>"]:
                 current = bytearray()
             elif token == self.special["</call>"] and current is not None:
-                name, _, argument = current.decode("utf-8", errors="replace").partition(":")
-                calls.append(ToolCall(name, argument))
+                name, separator, argument = current.decode("utf-8", errors="replace").partition(":")
+                calls.append(ToolCall(name, argument) if separator else ToolCall(default_tool, name))
                 current = None
             elif token < 256:
                 (current if current is not None else text).append(token)

@@ -1,0 +1,88 @@
+"""The policy server through the real openai client: token ids, logprobs, tool calls, versions."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+import torch
+
+from otel_lightning.train.sft import pad_batch, token_logprobs
+from otel_lightning.train.tokenizer import ByteChatTokenizer, ToolCall
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3? é"}]
+
+
+def test_token_ids_match_the_tokenizer_and_logprobs_match_the_model(policy, policy_server):
+    client = openai.OpenAI(base_url=policy_server.base_url, api_key="unused")
+    reply = client.chat.completions.create(model="policy", messages=MESSAGES, max_tokens=12, logprobs=True, seed=3)
+    extra = reply.model_extra
+    tokenizer = policy.tokenizer
+    assert extra["prompt_token_ids"] == tokenizer.encode_prompt(MESSAGES)
+    choice = reply.choices[0]
+    ids = choice.model_extra["token_ids"]
+    text, calls = tokenizer.parse_completion(ids)
+    if calls:
+        assert [c.function.name for c in choice.message.tool_calls] == [c.name for c in calls]
+    else:
+        assert (choice.message.content or "") == text
+    assert extra["policy_version"] == "0"
+    assert reply.usage.completion_tokens == len(ids)
+    # The logprobs are the model's own for these exact ids (recomputed with teacher forcing).
+    sequence = extra["prompt_token_ids"] + ids
+    full, mask = pad_batch([sequence], tokenizer.pad_id)
+    with torch.no_grad():
+        expected = token_logprobs(policy.model, full, mask)[0, len(extra["prompt_token_ids"]) - 1 :]
+    served = [item.logprob for item in choice.logprobs.content]
+    assert served == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_tool_calls_come_back_as_openai_tool_calls(policy, policy_server, monkeypatch):
+    tokenizer: ByteChatTokenizer = policy.tokenizer
+    scripted = [*tokenizer.encode_tool_call("calculator", "17+25", default_tool="calculator"), tokenizer.eos_id]
+
+    def generate(prompt_ids, max_new_tokens=32, temperature=1.0, seed=None):
+        from otel_lightning.train.policy import Generation
+
+        return Generation(scripted, [-0.5] * len(scripted), "stop"), policy.version
+
+    monkeypatch.setattr(policy, "generate", generate)
+    client = openai.OpenAI(base_url=policy_server.base_url, api_key="unused")
+    tool = {
+        "type": "function",
+        "function": {"name": "calculator", "parameters": {"type": "object", "properties": {"expression": {}}}},
+    }
+    reply = client.chat.completions.create(model="policy", messages=MESSAGES, tools=[tool])
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("calculator", {"expression": "17+25"})
+    assert choice.model_extra["token_ids"] == scripted
+
+
+def test_bad_requests_get_clear_errors(policy_server):
+    client = openai.OpenAI(base_url=policy_server.base_url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="messages must not be empty"):
+        client.chat.completions.create(model="policy", messages=[])
+    with pytest.raises(openai.BadRequestError, match="streaming is not supported"):
+        client.chat.completions.create(model="policy", messages=MESSAGES, stream=True)
+
+
+def test_chat_template_round_trips_tool_turns():
+    tokenizer = ByteChatTokenizer()
+    call = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"function": {"name": "calculator", "arguments": '{"expression": "6*7"}'}}],
+    }
+    turns = [{"role": "user", "content": "6*7?"}, call, {"role": "tool", "content": "42"}]
+    assert tokenizer.decode(tokenizer.encode_prompt(turns, default_tool="calculator")) == (
+        "<user>6*7?<assistant><call>6*7</call><eos><tool>42<assistant>"
+    )
+    assert tokenizer.decode(tokenizer.encode_prompt(turns)) == (
+        "<user>6*7?<assistant><call>calculator:6*7</call><eos><tool>42<assistant>"
+    )
+    assert tokenizer.parse_completion([*tokenizer.encode_text("ok"), tokenizer.eos_id, 65]) == ("ok", [])
+    call_ids = tokenizer.encode_tool_call("calculator", "1+2", default_tool="calculator")
+    assert tokenizer.parse_completion(call_ids, default_tool="calculator") == ("", [ToolCall("calculator", "1+2")])
