@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         after = evaluate(policy, pool, groups, provider, [(f"after-{task_id}", task) for task_id, task in heldout])
         trainer.save(out / "checkpoint.pt")
     finally:
+        groups.close()
         worker.stop()
         worker_thread.join(timeout=30)
         server.stop()

@@ -97,6 +97,9 @@ class RolloutGroups:
         )
         self._completed.setdefault(done.task_id, []).append(record)
 
+    def close(self) -> None:
+        self.client.close()
+
     def ack_consumed(self) -> None:
         if self._last_sequence:
             self.client.ack(self._last_sequence)

@@ -253,12 +253,6 @@ class Store:
             found.extend(RolloutRow(*row) for row in rows)
         return found
 
-    def rollout_state(self, rollout_id: str) -> tuple[str, str | None] | None:
-        row = (
-            self._reader().execute("SELECT state, status FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
-        )
-        return (row[0], row[1]) if row else None
-
     def rollout_spans(self, rollout_ids: list[str]) -> dict[str, list[bytes]]:
         """Serialized spans of each rollout (late ones left out), in start order."""
         spans: dict[str, list[bytes]] = {rollout_id: [] for rollout_id in rollout_ids}
@@ -320,12 +314,6 @@ class Store:
                 db.execute("ROLLBACK")
                 raise
         return done
-
-    def status_counts(self) -> dict[str, int]:
-        rows = self._reader().execute(
-            "SELECT COALESCE(status, state), COUNT(*) FROM rollouts GROUP BY COALESCE(status, state)"
-        )
-        return {row[0]: row[1] for row in rows}
 
     # --- events and consumers ---------------------------------------------------------------------
 
