@@ -1,7 +1,7 @@
 """The demo's training loop, measured: rollouts/s, trainer step time, and the share of wall time
 the trainer waits for rollouts. Runs the demo configuration with fewer steps.
 
-    python benchmarks/train_loop.py [--steps 8]
+    python benchmarks/train_loop.py [--steps 10]
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from examples.calc_agent import train
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
-        summary = train.main(["--out", out, "--steps", str(args.steps), "--heldout", "20", "--warm-start-steps", "200"])
+        summary = train.main(["--out", out, "--steps", str(args.steps), "--heldout", "20"])
     print(f"machine: {summary['machine']}")
     print(f"rollouts per step: {summary['rollouts_per_step']} (policy: {summary['policy_parameters']:,} parameters)")
     print(f"rollouts/s while collecting: {summary['train_rollouts_per_s']:.1f}")

@@ -57,9 +57,9 @@ def test_heartbeat_keeps_a_lease_and_requeue_counts_an_attempt(tmp_path):
     try:
         pool = TaskPoolClient(server.address)
         pool.submit([("t", {})])
-        lease = pool.claim("w", lease_s=0.3, wait_s=0)
+        lease = pool.claim("w", lease_s=1.0, wait_s=0)
         for _ in range(3):
-            time.sleep(0.15)
+            time.sleep(0.6)  # three heartbeats outlive the first lease only because each renews it
             assert pool.heartbeat(lease.lease_id)
         assert pool.complete(lease.lease_id, "timeout", "TimeoutError", "agent took too long", requeue=True)
         again = pool.claim("w", wait_s=0)
@@ -94,5 +94,19 @@ def test_pool_survives_a_collector_restart(tmp_path):
         assert pool.stats() == {"queued": 1, "leased": 1, "done": 0, "failed": 0}
         assert pool.complete(held.lease_id, "succeeded")
         assert json.loads(pool.claim("w", wait_s=0).input_json) == {"n": 2}
+    finally:
+        server.stop()
+
+
+def test_a_heartbeat_renews_the_lease_for_its_own_length(tmp_path):
+    server = start(tmp_path)
+    try:
+        pool = TaskPoolClient(server.address)
+        pool.submit([("t", {})])
+        lease = pool.claim("w", lease_s=0.5, wait_s=0)
+        assert pool.heartbeat(lease.lease_id)
+        time.sleep(0.8)  # renewed for 0.5 s, not longer: the lease is gone
+        assert not pool.heartbeat(lease.lease_id)
+        assert pool.claim("w2", wait_s=0).attempt == 1
     finally:
         server.stop()

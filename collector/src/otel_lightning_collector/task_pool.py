@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS samples (
     attempts INTEGER NOT NULL DEFAULT 0,
     lease_id TEXT,
     lease_expires_ns INTEGER,
+    lease_ns INTEGER,
     worker TEXT,
     rollout_id TEXT,
     status TEXT,
@@ -117,23 +118,22 @@ class TaskPool:
                 return None
             seq, task_id, sample, attempts, input_json = row
             db.execute(
-                "UPDATE samples SET state = ?, lease_id = ?, lease_expires_ns = ?, worker = ?, rollout_id = ?"
-                " WHERE seq = ?",
-                (LEASED, lease_id, time.time_ns() + int(lease_s * 1e9), worker, rollout_id, seq),
+                "UPDATE samples SET state = ?, lease_id = ?, lease_expires_ns = ?, lease_ns = ?, worker = ?,"
+                " rollout_id = ? WHERE seq = ?",
+                (LEASED, lease_id, time.time_ns() + int(lease_s * 1e9), int(lease_s * 1e9), worker, rollout_id, seq),
             )
         return LeaseInfo(lease_id, task_id, input_json, sample, attempts, rollout_id, lease_s)
 
-    def heartbeat(self, lease_id: str, lease_s: float | None = None) -> bool:
+    def heartbeat(self, lease_id: str) -> bool:
+        """Renew a lease for its own length; False when it already expired (the sample is requeued)."""
         with self.store.transaction() as db:
             row = db.execute(
-                "SELECT lease_expires_ns, worker FROM samples WHERE lease_id = ? AND state = ?", (lease_id, LEASED)
+                "SELECT lease_expires_ns, lease_ns FROM samples WHERE lease_id = ? AND state = ?", (lease_id, LEASED)
             ).fetchone()
-            if row is None or row[0] < time.time_ns():
+            now = time.time_ns()
+            if row is None or row[0] < now:
                 return False
-            extend_ns = int((lease_s or 30.0) * 1e9)
-            db.execute(
-                "UPDATE samples SET lease_expires_ns = ? WHERE lease_id = ?", (time.time_ns() + extend_ns, lease_id)
-            )
+            db.execute("UPDATE samples SET lease_expires_ns = ? WHERE lease_id = ?", (now + row[1], lease_id))
         return True
 
     def complete(
