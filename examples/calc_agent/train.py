@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--workers", type=int, default=8, help="concurrent rollouts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", help="checkpoint.pt of an earlier run: continue from its weights and optimizer")
     return parser.parse_args(argv)
 
 
@@ -118,17 +119,23 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = ByteChatTokenizer()
     policy = TorchPolicy(tiny_qwen2(tokenizer, hidden=args.hidden, layers=args.layers, seed=args.seed), tokenizer)
     print(f"policy: tiny Qwen2, {parameter_count(policy.model):,} parameters, byte-level tokenizer")
-    bar = tqdm(total=args.warm_start_steps, desc="warm start (SFT on mixed demos)", unit="step", mininterval=1.0)
-    warm_start(
-        policy,
-        demonstrations(tokenizer, 4000, args.seed),
-        steps=args.warm_start_steps,
-        lr=3e-3,
-        seed=args.seed,
-        on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)),
-    )
-    bar.close()
+    trainer = GRPOTrainer(policy, TrainerConfig(lr=args.lr))
+    if args.resume:
+        trainer.load(args.resume)
+        print(f"resumed from {args.resume}: policy version {policy.version}, {trainer.steps} GRPO steps done")
+    else:
+        bar = tqdm(total=args.warm_start_steps, desc="warm start (SFT on mixed demos)", unit="step", mininterval=1.0)
+        warm_start(
+            policy,
+            demonstrations(tokenizer, 4000, args.seed),
+            steps=args.warm_start_steps,
+            lr=3e-3,
+            seed=args.seed,
+            on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)),
+        )
+        bar.close()
 
+    start_version = policy.version
     store = out / "collector.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
@@ -140,15 +147,17 @@ def main(argv: list[str] | None = None) -> dict:
     worker_thread = worker.start_in_thread()
     pool = TaskPoolClient(collector.address)
     groups = RolloutGroups(TransitionStreamClient(collector.address, consumer="trainer", max_in_flight=4096))
-    trainer = GRPOTrainer(policy, TrainerConfig(lr=args.lr))
     heldout = make_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout")
 
     try:
         before = evaluate(policy, pool, groups, provider, [(f"before-{task_id}", task) for task_id, task in heldout])
         curve, step_times, wait_times = [], [], []
+        first_step = trainer.steps  # a resumed run draws new tasks
         bar = tqdm(range(args.steps), desc="GRPO", unit="step", mininterval=1.0)
         for step in bar:
-            tasks = make_tasks(args.tasks_per_step, seed=args.seed * 1000 + step, prefix=f"train-{step}")
+            tasks = make_tasks(
+                args.tasks_per_step, seed=args.seed * 1000 + first_step + step, prefix=f"train-{first_step + step}"
+            )
             waited = time.perf_counter()
             collected = run_tasks(pool, groups, provider, tasks, args.group_size)
             wait_times.append(time.perf_counter() - waited)
@@ -177,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps,
         "rollouts_per_step": args.tasks_per_step * args.group_size,
         "policy_parameters": parameter_count(policy.model),
+        "start_policy_version": start_version,
         "policy_version": policy.version,
         "train_rollouts_per_s": rollouts / max(sum(wait_times), 1e-9),
         "trainer_step_s_mean": sum(step_times) / max(len(step_times), 1),

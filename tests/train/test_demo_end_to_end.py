@@ -52,3 +52,29 @@ def test_short_training_run_completes_and_consumes_each_rollout_once(tmp_path, m
     assert (tmp_path / "reward_curve.png").stat().st_size > 0
     assert json.loads((tmp_path / "summary.json").read_text())["held_out_tasks"] == 3
     assert (tmp_path / "checkpoint.pt").exists()
+
+    # Resume: the weights, optimizer and policy version carry on; no warm start again.
+    resumed = train.main(
+        [
+            "--out",
+            str(tmp_path / "resumed"),
+            "--resume",
+            str(tmp_path / "checkpoint.pt"),
+            "--steps",
+            "1",
+            "--tasks-per-step",
+            "2",
+            "--group-size",
+            "3",
+            "--heldout",
+            "1",
+            "--hidden",
+            "32",
+            "--layers",
+            "1",
+            "--workers",
+            "3",
+        ]
+    )
+    assert resumed["start_policy_version"] == summary["policy_version"]
+    assert [point["rollouts"] for point in resumed["curve"]] == [6]
