@@ -17,6 +17,14 @@ class Generation:
     finish_reason: str  # "stop" (eos) or "length"
 
 
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    seed: int | None = None
+
+
 class TorchPolicy:
     """The model being trained, shared by the policy server (generate) and the trainer (update).
 
@@ -30,6 +38,60 @@ class TorchPolicy:
         self.version = 0
         self.lock = threading.RLock()
         self.greedy = False  # evaluation mode: argmax instead of sampling
+
+    @torch.no_grad()
+    def generate_batch(self, requests: list[GenerationRequest]) -> tuple[list[Generation], int]:
+        """Sample completions of several prompts in one batch (left-padded, one KV cache).
+
+        Each row keeps its own temperature, seed and token budget, and gets the same tokens and
+        logprobs as it would alone (up to float rounding). Returns them with the policy version.
+        """
+        pad = self.tokenizer.pad_id
+        width = max(len(r.prompt_ids) for r in requests)
+        ids = torch.full((len(requests), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, request in enumerate(requests):
+            ids[row, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
+            mask[row, width - len(request.prompt_ids) :] = 1
+        generators = [torch.Generator().manual_seed(r.seed) if r.seed is not None else None for r in requests]
+        outputs = [Generation([], [], "length") for _ in requests]
+        active = [True] * len(requests)
+        with self.lock:
+            self.model.eval()
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            cache = None
+            step_ids = ids
+            for step in range(max(r.max_new_tokens for r in requests)):
+                output = self.model(
+                    input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+                )
+                cache = output.cache
+                logits = output.logits[:, -1].float()
+                log_probs = torch.log_softmax(logits, dim=-1)
+                next_ids = torch.full((len(requests), 1), pad, dtype=torch.long)
+                for row, request in enumerate(requests):
+                    if not active[row]:
+                        continue
+                    token = self._pick(logits[row], request.temperature, generators[row])
+                    outputs[row].token_ids.append(token)
+                    outputs[row].logprobs.append(float(log_probs[row, token]))
+                    next_ids[row, 0] = token
+                    if token == self.tokenizer.eos_id:
+                        outputs[row].finish_reason, active[row] = "stop", False
+                    elif step + 1 >= request.max_new_tokens:
+                        active[row] = False
+                if not any(active):
+                    break
+                step_ids = next_ids
+                mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=torch.long)], dim=1)
+                positions = positions[:, -1:] + 1
+            return outputs, self.version
+
+    def _pick(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
+        if self.greedy or temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits / temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator))
 
     @torch.no_grad()
     def generate(
@@ -49,11 +111,7 @@ class TorchPolicy:
                 past = output.cache
                 logits = output.logits[0, -1].float()
                 log_probs = torch.log_softmax(logits, dim=-1)
-                if self.greedy or temperature <= 0:
-                    token = int(torch.argmax(logits))
-                else:
-                    probs = torch.softmax(logits / temperature, dim=-1)
-                    token = int(torch.multinomial(probs, 1, generator=generator))
+                token = self._pick(logits, temperature, generator)
                 out_ids.append(token)
                 # The logprob under the policy itself (temperature 1), as the trainer recomputes it.
                 logprobs.append(float(log_probs[token]))

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -20,7 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from otel_lightning.train.policy import TorchPolicy
+from otel_lightning.train.batching import BatchScheduler
+from otel_lightning.train.policy import Generation, GenerationRequest, TorchPolicy
 
 
 class ChatRequest(BaseModel):
@@ -42,14 +44,16 @@ def _first_parameter(tool: dict[str, Any]) -> str:
     return next(iter(properties), "input")
 
 
-def chat_completion(policy: TorchPolicy, request: ChatRequest) -> dict[str, Any]:
+def chat_completion(
+    policy: TorchPolicy, request: ChatRequest, generate: Callable[[GenerationRequest], tuple[Generation, int]]
+) -> dict[str, Any]:
     tokenizer = policy.tokenizer
     tool_names = [(t.get("function") or {}).get("name") for t in request.tools or []]
     default_tool = tool_names[0] if tool_names else None
     prompt_ids = tokenizer.encode_prompt(request.messages, default_tool)
     max_tokens = request.max_completion_tokens or request.max_tokens or 32
     temperature = 1.0 if request.temperature is None else request.temperature
-    generation, version = policy.generate(prompt_ids, max_tokens, temperature, request.seed)
+    generation, version = generate(GenerationRequest(prompt_ids, max_tokens, temperature, request.seed))
     text, calls = tokenizer.parse_completion(generation.token_ids, default_tool or "")
     tools = {(t.get("function") or {}).get("name"): t for t in request.tools or []}
     tool_calls = [
@@ -97,7 +101,7 @@ def chat_completion(policy: TorchPolicy, request: ChatRequest) -> dict[str, Any]
     }
 
 
-def create_app(policy: TorchPolicy) -> FastAPI:
+def create_app(policy: TorchPolicy, scheduler: BatchScheduler) -> FastAPI:
     app = FastAPI(title="otel-lightning policy server")
 
     # Errors in the OpenAI shape, so OpenAI clients show the reason.
@@ -119,7 +123,7 @@ def create_app(policy: TorchPolicy) -> FastAPI:
             raise HTTPException(400, "streaming is not supported by the embedded policy server; use stream=false")
         if not request.messages:
             raise HTTPException(400, "messages must not be empty")
-        return await run_in_threadpool(chat_completion, policy, request)
+        return await run_in_threadpool(chat_completion, policy, request, scheduler.generate)
 
     return app
 
@@ -128,7 +132,9 @@ class PolicyServer:
     """uvicorn in a background thread: `with PolicyServer(policy) as server: server.base_url`."""
 
     def __init__(self, policy: TorchPolicy, host: str = "127.0.0.1", port: int = 0) -> None:
-        config = uvicorn.Config(create_app(policy), host=host, port=port, log_level="warning", access_log=False)
+        self.scheduler = BatchScheduler(policy)
+        app = create_app(policy, self.scheduler)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="policy-server", daemon=True)
         self.host = host
@@ -148,6 +154,7 @@ class PolicyServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+        self.scheduler.close()
 
     def __enter__(self) -> PolicyServer:
         return self.start()

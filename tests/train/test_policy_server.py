@@ -42,12 +42,12 @@ def test_tool_calls_come_back_as_openai_tool_calls(policy, policy_server, monkey
     tokenizer: ByteChatTokenizer = policy.tokenizer
     scripted = [*tokenizer.encode_tool_call("calculator", "17+25", default_tool="calculator"), tokenizer.eos_id]
 
-    def generate(prompt_ids, max_new_tokens=32, temperature=1.0, seed=None):
+    def generate_batch(requests):
         from otel_lightning.train.policy import Generation
 
-        return Generation(scripted, [-0.5] * len(scripted), "stop"), policy.version
+        return [Generation(scripted, [-0.5] * len(scripted), "stop") for _ in requests], policy.version
 
-    monkeypatch.setattr(policy, "generate", generate)
+    monkeypatch.setattr(policy, "generate_batch", generate_batch)
     client = openai.OpenAI(base_url=policy_server.base_url, api_key="unused")
     tool = {
         "type": "function",
@@ -86,3 +86,36 @@ def test_chat_template_round_trips_tool_turns():
     assert tokenizer.parse_completion([*tokenizer.encode_text("ok"), tokenizer.eos_id, 65]) == ("ok", [])
     call_ids = tokenizer.encode_tool_call("calculator", "1+2", default_tool="calculator")
     assert tokenizer.parse_completion(call_ids, default_tool="calculator") == ("", [ToolCall("calculator", "1+2")])
+
+
+def test_batched_generation_gives_each_row_what_it_would_get_alone(policy):
+    from otel_lightning.train.policy import GenerationRequest
+
+    tokenizer = policy.tokenizer
+    prompts = [tokenizer.encode_prompt([{"role": "user", "content": "x" * length}]) for length in (1, 9, 4, 17)]
+    requests = [GenerationRequest(p, max_new_tokens=6 + i, temperature=1.0, seed=i) for i, p in enumerate(prompts)]
+    batch, version = policy.generate_batch(requests)
+    assert version == policy.version
+    for request, generation in zip(requests, batch, strict=True):
+        alone, _ = policy.generate(request.prompt_ids, request.max_new_tokens, request.temperature, request.seed)
+        assert generation.token_ids == alone.token_ids
+        assert generation.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+        assert generation.finish_reason == alone.finish_reason
+
+
+def test_concurrent_requests_are_served_in_batches(policy_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = openai.OpenAI(base_url=policy_server.base_url, api_key="unused")
+
+    def ask(index: int):
+        return client.chat.completions.create(
+            model="p", messages=[{"role": "user", "content": f"q{index}"}], max_tokens=8, seed=index
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(ask, range(32)))
+    scheduler = policy_server.scheduler
+    assert scheduler.requests == 32
+    assert scheduler.batches < 32  # some requests shared a batch
+    assert all(len(r.choices[0].model_extra["token_ids"]) <= 8 for r in replies)
