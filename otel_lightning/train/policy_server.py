@@ -48,14 +48,13 @@ def chat_completion(
     policy: TorchPolicy, request: ChatRequest, generate: Callable[[GenerationRequest], tuple[Generation, int]]
 ) -> dict[str, Any]:
     tokenizer = policy.tokenizer
-    tool_names = [(t.get("function") or {}).get("name") for t in request.tools or []]
-    default_tool = tool_names[0] if tool_names else None
+    tools = {(t.get("function") or {}).get("name"): t for t in request.tools or []}
+    default_tool = next(iter(tools), None)  # `<call>ARG</call>` is a call of the first tool offered
     prompt_ids = tokenizer.encode_prompt(request.messages, default_tool)
     max_tokens = request.max_completion_tokens or request.max_tokens or 32
     temperature = 1.0 if request.temperature is None else request.temperature
     generation, version = generate(GenerationRequest(prompt_ids, max_tokens, temperature, request.seed))
     text, calls = tokenizer.parse_completion(generation.token_ids, default_tool or "")
-    tools = {(t.get("function") or {}).get("name"): t for t in request.tools or []}
     tool_calls = [
         {
             "id": f"call_{uuid.uuid4().hex[:12]}",
