@@ -93,30 +93,9 @@ class TorchPolicy:
         probs = torch.softmax(logits / temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator))
 
-    @torch.no_grad()
     def generate(
         self, prompt_ids: list[int], max_new_tokens: int = 32, temperature: float = 1.0, seed: int | None = None
     ) -> tuple[Generation, int]:
-        """Sample a completion; returns it with the policy version that produced it."""
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        with self.lock:
-            self.model.eval()
-            input_ids = torch.tensor([prompt_ids])
-            past = None
-            out_ids: list[int] = []
-            logprobs: list[float] = []
-            finish = "length"
-            for _ in range(max_new_tokens):
-                output = self.model(input_ids=input_ids, cache=past, use_cache=True)
-                past = output.cache
-                logits = output.logits[0, -1].float()
-                log_probs = torch.log_softmax(logits, dim=-1)
-                token = self._pick(logits, temperature, generator)
-                out_ids.append(token)
-                # The logprob under the policy itself (temperature 1), as the trainer recomputes it.
-                logprobs.append(float(log_probs[token]))
-                if token == self.tokenizer.eos_id:
-                    finish = "stop"
-                    break
-                input_ids = torch.tensor([[token]])
-            return Generation(out_ids, logprobs, finish), self.version
+        """Sample one completion; returns it with the policy version that produced it."""
+        generations, version = self.generate_batch([GenerationRequest(prompt_ids, max_new_tokens, temperature, seed)])
+        return generations[0], version
