@@ -148,11 +148,11 @@ class Worker:
             task_input = json.loads(lease.input_json)
             with rollout(lease.task_id, attempt=lease.attempt, rollout_id=lease.rollout_id):
                 await asyncio.wait_for(self._call_agent(task_input), self.task_timeout_s)
-        except asyncio.TimeoutError:
-            status, error_type, error_message = "timeout", "TimeoutError", f"ran past {self.task_timeout_s:g}s"
         except Exception as error:  # the agent's failure is the rollout's outcome, not the worker's
+            # TimeoutError: from wait_for (task_timeout_s) or from the agent itself (a subprocess's limit).
             status = "timeout" if isinstance(error, TimeoutError) else "failed"
-            error_type, error_message = type(error).__qualname__, str(error)
+            error_type = type(error).__qualname__
+            error_message = str(error) or f"ran past the worker's {self.task_timeout_s:g}s task timeout"
         finally:
             heartbeat.cancel()
         if status == "succeeded":

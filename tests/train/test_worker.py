@@ -63,6 +63,7 @@ def test_subprocess_agent_outcomes_become_rollout_statuses(collector, otlp_expor
     assert "exited with code 3" in samples["crash"]["error"]
     assert "something broke in the agent" in samples["crash"]["error"]
     assert samples["hang"]["status"] == "timeout"
+    assert "ran past 10s" in samples["hang"]["error"]  # the subprocess limit, not the worker's
 
     events = wait_for_rollouts(collector.address, 3)
     by_task = {r.task_id: r for r in rollouts(events)}
@@ -125,3 +126,26 @@ def test_agent_exception_is_a_failed_rollout_not_a_requeue(collector, otlp_expor
     sample = collector.task_pool.sample("x", 0)
     assert (sample["state"], sample["status"], sample["attempts"]) == ("done", "failed", 1)
     assert "bad answer format" in sample["error"]
+
+
+def test_worker_task_timeout_ends_the_rollout_as_timeout(collector, otlp_export):
+    import asyncio
+
+    async def slow_agent(task):
+        await asyncio.sleep(30)
+
+    worker = Worker(collector.address, slow_agent, concurrency=1, task_timeout_s=0.3)
+    pool = TaskPoolClient(collector.address)
+    pool.submit([("slow", {})])
+    thread = worker.start_in_thread()
+    try:
+        wait_done(pool, 1, timeout_s=20)
+    finally:
+        worker.stop()
+        thread.join(10)
+    sample = collector.task_pool.sample("slow", 0)
+    assert (sample["status"], sample["attempts"]) == ("timeout", 1)
+    assert "ran past the worker's 0.3s task timeout" in sample["error"]
+    otlp_export.flush()
+    [done] = rollouts(wait_for_rollouts(collector.address, 1))
+    assert (done.status, done.error_type) == ("failed", "TimeoutError")
