@@ -9,13 +9,13 @@ from otel_lightning.task_client import TaskPoolClient
 from otel_lightning_collector import CollectorConfig, CollectorServer
 
 
-def start(tmp_path, **config) -> CollectorServer:
-    return CollectorServer(CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "pool.db", **config)).start()
+def pool_server(tmp_path, **config) -> CollectorServer:
+    """A collector on the test's store; use it as a context manager (start, then stop)."""
+    return CollectorServer(CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "pool.db", **config))
 
 
 def test_group_of_samples_is_claimed_each_with_its_own_rollout_id(tmp_path):
-    server = start(tmp_path)
-    try:
+    with pool_server(tmp_path) as server:
         pool = TaskPoolClient(server.address)
         assert pool.submit([("add", {"question": "1+1"})], group_size=3) == 1
         assert pool.submit([("add", {"question": "1+1"})], group_size=3) == 0  # known ids are kept
@@ -27,13 +27,10 @@ def test_group_of_samples_is_claimed_each_with_its_own_rollout_id(tmp_path):
         assert all(pool.complete(lease.lease_id, "succeeded") for lease in leases)
         assert not pool.complete(leases[0].lease_id, "succeeded")  # not held any more
         assert pool.stats() == {"queued": 0, "leased": 0, "done": 3, "failed": 0}
-    finally:
-        server.stop()
 
 
 def test_expired_lease_is_requeued_then_failed_after_max_attempts(tmp_path):
-    server = start(tmp_path, max_attempts=2)
-    try:
+    with pool_server(tmp_path, max_attempts=2) as server:
         pool = TaskPoolClient(server.address)
         pool.submit([("t", {})])
         first = pool.claim("crashing-worker", lease_s=0.2, wait_s=0)
@@ -48,13 +45,10 @@ def test_expired_lease_is_requeued_then_failed_after_max_attempts(tmp_path):
         sample = server.task_pool.sample("t", 0)
         assert (sample["state"], sample["attempts"]) == ("failed", 2)
         assert "lease of worker 'w2' expired" in sample["error"]
-    finally:
-        server.stop()
 
 
 def test_heartbeat_keeps_a_lease_and_requeue_counts_an_attempt(tmp_path):
-    server = start(tmp_path, max_attempts=3)
-    try:
+    with pool_server(tmp_path, max_attempts=3) as server:
         pool = TaskPoolClient(server.address)
         pool.submit([("t", {})])
         lease = pool.claim("w", lease_s=1.0, wait_s=0)
@@ -65,42 +59,32 @@ def test_heartbeat_keeps_a_lease_and_requeue_counts_an_attempt(tmp_path):
         again = pool.claim("w", wait_s=0)
         assert again.attempt == 1
         assert server.task_pool.sample("t", 0)["error"] == "TimeoutError: agent took too long"
-    finally:
-        server.stop()
 
 
 def test_claim_waits_for_a_task_submitted_meanwhile(tmp_path):
     import threading
 
-    server = start(tmp_path)
-    try:
+    with pool_server(tmp_path) as server:
         pool = TaskPoolClient(server.address)
         threading.Timer(0.2, lambda: pool.submit([("late", {})])).start()
         lease = pool.claim("w", wait_s=5)
         assert lease is not None and lease.task_id == "late"
-    finally:
-        server.stop()
 
 
 def test_pool_survives_a_collector_restart(tmp_path):
-    server = start(tmp_path)
-    pool = TaskPoolClient(server.address)
-    pool.submit([("a", {"n": 1}), ("b", {"n": 2})])
-    held = pool.claim("w", lease_s=60, wait_s=0)
-    server.stop()
-    server = start(tmp_path)
-    try:
+    with pool_server(tmp_path) as server:
+        pool = TaskPoolClient(server.address)
+        pool.submit([("a", {"n": 1}), ("b", {"n": 2})])
+        held = pool.claim("w", lease_s=60, wait_s=0)
+    with pool_server(tmp_path) as server:
         pool = TaskPoolClient(server.address)
         assert pool.stats() == {"queued": 1, "leased": 1, "done": 0, "failed": 0}
         assert pool.complete(held.lease_id, "succeeded")
         assert json.loads(pool.claim("w", wait_s=0).input_json) == {"n": 2}
-    finally:
-        server.stop()
 
 
 def test_a_heartbeat_renews_the_lease_for_its_own_length(tmp_path):
-    server = start(tmp_path)
-    try:
+    with pool_server(tmp_path) as server:
         pool = TaskPoolClient(server.address)
         pool.submit([("t", {})])
         lease = pool.claim("w", lease_s=0.5, wait_s=0)
@@ -108,5 +92,3 @@ def test_a_heartbeat_renews_the_lease_for_its_own_length(tmp_path):
         time.sleep(0.8)  # renewed for 0.5 s, not longer: the lease is gone
         assert not pool.heartbeat(lease.lease_id)
         assert pool.claim("w2", wait_s=0).attempt == 1
-    finally:
-        server.stop()

@@ -32,11 +32,17 @@ AGENT = textwrap.dedent(
 )
 
 
-def wait_done(pool: TaskPoolClient, count: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while sum(v for k, v in pool.stats().items() if k in ("done", "failed")) < count:
-        assert time.monotonic() < deadline, pool.stats()
-        time.sleep(0.05)
+def run_until_done(worker: Worker, pool: TaskPoolClient, count: int, timeout_s: float = 60) -> None:
+    """Run the worker until `count` samples of the pool are done or failed, then stop it."""
+    thread = worker.start_in_thread()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while sum(v for k, v in pool.stats().items() if k in ("done", "failed")) < count:
+            assert time.monotonic() < deadline, pool.stats()
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        thread.join(10)
 
 
 def test_subprocess_agent_outcomes_become_rollout_statuses(collector, otlp_export, openai_stub, tmp_path):
@@ -50,12 +56,7 @@ def test_subprocess_agent_outcomes_become_rollout_statuses(collector, otlp_expor
     pool.submit(
         [("ok", {"mode": "ok", "question": "What is 6*7?"}), ("crash", {"mode": "crash"}), ("hang", {"mode": "hang"})]
     )
-    thread = worker.start_in_thread()
-    try:
-        wait_done(pool, 3)
-    finally:
-        worker.stop()
-        thread.join(10)
+    run_until_done(worker, pool, 3)
     otlp_export.flush()
     samples = {task: collector.task_pool.sample(task, 0) for task in ("ok", "crash", "hang")}
     assert samples["ok"]["status"] == "succeeded"
@@ -96,12 +97,7 @@ def test_in_process_worker_runs_sync_and_async_agents_concurrently(collector, ot
     worker = Worker(collector.address, agent, concurrency=4)
     pool = TaskPoolClient(collector.address)
     pool.submit([(f"t{i}", {"q": f"{i}+{i}?", "expect": str(2 * i)}) for i in range(4)], group_size=2)
-    thread = worker.start_in_thread()
-    try:
-        wait_done(pool, 8)
-    finally:
-        worker.stop()
-        thread.join(10)
+    run_until_done(worker, pool, 8)
     otlp_export.flush()
     done = rollouts(wait_for_rollouts(collector.address, 8))
     assert sorted(r.task_id for r in done) == sorted([f"t{i}" for i in range(4)] * 2)
@@ -117,12 +113,7 @@ def test_agent_exception_is_a_failed_rollout_not_a_requeue(collector, otlp_expor
     worker = Worker(collector.address, agent, concurrency=1)
     pool = TaskPoolClient(collector.address)
     pool.submit([("x", {})])
-    thread = worker.start_in_thread()
-    try:
-        wait_done(pool, 1)
-    finally:
-        worker.stop()
-        thread.join(10)
+    run_until_done(worker, pool, 1)
     sample = collector.task_pool.sample("x", 0)
     assert (sample["state"], sample["status"], sample["attempts"]) == ("done", "failed", 1)
     assert "bad answer format" in sample["error"]
@@ -137,12 +128,7 @@ def test_worker_task_timeout_ends_the_rollout_as_timeout(collector, otlp_export)
     worker = Worker(collector.address, slow_agent, concurrency=1, task_timeout_s=0.3)
     pool = TaskPoolClient(collector.address)
     pool.submit([("slow", {})])
-    thread = worker.start_in_thread()
-    try:
-        wait_done(pool, 1, timeout_s=20)
-    finally:
-        worker.stop()
-        thread.join(10)
+    run_until_done(worker, pool, 1, timeout_s=20)
     sample = collector.task_pool.sample("slow", 0)
     assert (sample["status"], sample["attempts"]) == ("timeout", 1)
     assert "ran past the worker's 0.3s task timeout" in sample["error"]
