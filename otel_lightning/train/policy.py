@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ class TorchPolicy:
         self.version = 0
         self.lock = threading.RLock()
         self.greedy = False  # evaluation mode: argmax instead of sampling
+        # transformers renamed `past_key_values` to `cache` (argument and output) in 5.11.
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     @torch.no_grad()
     def generate_batch(self, requests: list[GenerationRequest]) -> tuple[list[Generation], int]:
@@ -63,9 +67,13 @@ class TorchPolicy:
             step_ids = ids
             for step in range(max(r.max_new_tokens for r in requests)):
                 output = self.model(
-                    input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    **{self._cache_argument: cache},
                 )
-                cache = output.cache
+                cache = getattr(output, self._cache_argument)
                 logits = output.logits[:, -1].float()
                 log_probs = torch.log_softmax(logits, dim=-1)
                 next_ids = torch.full((len(requests), 1), pad, dtype=torch.long)
