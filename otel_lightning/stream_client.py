@@ -34,6 +34,7 @@ class TransitionStreamClient:
     are cumulative; `auto_ack=True` acks each event as the next one is requested. A lost
     connection is retried (`reconnect_timeout_s`), and events already delivered are skipped, so
     the caller sees each one once. Without `follow`, iteration ends once the stored events are read.
+    `from_latest=True` (followers without a consumer name) skips what was committed before subscribing.
     """
 
     def __init__(
@@ -46,8 +47,11 @@ class TransitionStreamClient:
         max_in_flight: int = 256,
         auto_ack: bool = False,
         reconnect_timeout_s: float = 30.0,
+        from_latest: bool = False,
         channel: grpc.Channel | None = None,
     ) -> None:
+        if from_latest and (consumer or not follow):
+            raise ValueError("from_latest is for followers without a consumer name")
         self.target = target
         self.consumer = consumer
         self.follow = follow
@@ -62,6 +66,11 @@ class TransitionStreamClient:
         self._call: Any = None
         self._lock = threading.Lock()
         self._closed = False
+        # Until the server said where a from_latest reader starts; a reconnect after that resumes from there.
+        self._from_latest = from_latest
+        self._positioned = threading.Event()
+        if not from_latest:
+            self._positioned.set()
 
     def ack(self, sequence: int) -> None:
         """Mark everything up to `sequence` as processed."""
@@ -93,6 +102,7 @@ class TransitionStreamClient:
             start_after=self._delivered,
             follow=self.follow,
             max_in_flight=self.max_in_flight,
+            from_latest=self._from_latest,
         )
         with self._lock:
             self._requests = requests
@@ -110,6 +120,11 @@ class TransitionStreamClient:
                 call = self._open()
                 for event in call:
                     deadline = None
+                    if event.HasField("caught_up") and self._from_latest:
+                        self._from_latest = False
+                        self._delivered = self._acked = event.caught_up.last_sequence
+                        self._positioned.set()
+                        continue
                     if event.HasField("caught_up"):
                         # Half-close, then let the server end the call once it has our last acks.
                         self._finish_call()
@@ -134,6 +149,10 @@ class TransitionStreamClient:
                     raise
                 logger.warning("transition stream from %s lost (%s); reconnecting", self.target, error.code().name)
                 time.sleep(0.2)
+
+    def wait_positioned(self, timeout_s: float) -> bool:
+        """For from_latest: True once the server said where this reader starts (iteration must be running)."""
+        return self._positioned.wait(timeout_s)
 
     def _finish_call(self) -> None:
         with self._lock:

@@ -17,11 +17,19 @@ class TaskPoolClient:
         self._channel = channel or grpc.insecure_channel(target)
         self._stub = pb_grpc.TaskPoolStub(self._channel)
 
-    def submit(self, tasks: list[tuple[str, Any]], group_size: int = 1) -> int:
-        """Submit (task_id, input) pairs, input JSON-serialisable; returns how many were new."""
+    def submit(self, tasks: list[tuple[str, Any]], group_size: int = 1, openai_base_url: str = "") -> int:
+        """Submit (task_id, input) pairs, input JSON-serialisable; returns how many were new.
+
+        `openai_base_url`: the model server these tasks' rollouts must call (the worker's default if empty).
+        """
         request = pb.SubmitTasksRequest(
             tasks=[
-                pb.Task(task_id=task_id, input_json=json.dumps(given), group_size=group_size)
+                pb.Task(
+                    task_id=task_id,
+                    input_json=json.dumps(given),
+                    group_size=group_size,
+                    openai_base_url=openai_base_url,
+                )
                 for task_id, given in tasks
             ]
         )
@@ -45,6 +53,9 @@ class TaskPoolClient:
             requeue=requeue,
         )
         return self._stub.Complete(request, timeout=30).accepted
+
+    def sample_states(self, task_id: str) -> list[pb.SampleState]:
+        return list(self._stub.SampleStates(pb.SampleStatesRequest(task_id=task_id), timeout=30).samples)
 
     def stats(self) -> dict[str, int]:
         stats = self._stub.Stats(pb.PoolStatsRequest(), timeout=30)

@@ -37,6 +37,9 @@ from otel_lightning.task_client import TaskPoolClient
 logger = logging.getLogger(__name__)
 
 ENV_TASK = "LIGHTNING_TASK"
+# Tells our OpenAI instrumentor to ask the model server for token ids and logprobs (vLLM's
+# `return_token_ids`): set for agents the worker points at a policy server.
+ENV_REQUEST_TOKEN_IDS = "LIGHTNING_REQUEST_TOKEN_IDS"
 
 
 class AgentProcessError(RuntimeError):
@@ -61,12 +64,15 @@ class SubprocessAgent:
     auto_instrument: bool = True
     env: dict[str, str] = field(default_factory=dict)
 
-    def __call__(self, task_input: Any) -> str:
+    def __call__(self, task_input: Any, openai_base_url: str | None = None) -> str:
+        """Run the command for one task; `openai_base_url` (the task's own) overrides the default."""
         payload = json.dumps(task_input)
         env = {**os.environ, **self.env, ENV_TASK: payload, **environment_for_current_context()}
-        if self.openai_base_url:
-            env["OPENAI_BASE_URL"] = self.openai_base_url
+        base_url = openai_base_url or self.openai_base_url
+        if base_url:
+            env["OPENAI_BASE_URL"] = base_url
             env.setdefault("OPENAI_API_KEY", "otel-lightning")
+            env.setdefault(ENV_REQUEST_TOKEN_IDS, "true")
         if self.collector:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.collector}"
             env.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")
@@ -111,6 +117,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = WorkerStats()
         self._stop = threading.Event()
+        self._warned_base_url = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -147,7 +154,7 @@ class Worker:
         try:
             task_input = json.loads(lease.input_json)
             with rollout(lease.task_id, attempt=lease.attempt, rollout_id=lease.rollout_id):
-                await asyncio.wait_for(self._call_agent(task_input), self.task_timeout_s)
+                await asyncio.wait_for(self._call_agent(task_input, lease.openai_base_url), self.task_timeout_s)
         except Exception as error:  # the agent's failure is the rollout's outcome, not the worker's
             # TimeoutError: from wait_for (task_timeout_s) or from the agent itself (a subprocess's limit).
             status = "timeout" if isinstance(error, TimeoutError) else "failed"
@@ -165,7 +172,18 @@ class Worker:
             self.stats.lost_leases += 1
             logger.warning("lease of task %s expired before it completed; the pool requeued it", lease.task_id)
 
-    async def _call_agent(self, task_input: Any) -> Any:
+    async def _call_agent(self, task_input: Any, openai_base_url: str) -> Any:
+        if isinstance(self.agent, SubprocessAgent):
+            return await asyncio.to_thread(self.agent, task_input, openai_base_url or None)
+        if openai_base_url and not self._warned_base_url:
+            # An in-process agent's OpenAI client was made from this process's environment.
+            self._warned_base_url = True
+            logger.warning(
+                "a task names its model server (%s), but only subprocess agents (`-- command`) can be pointed at"
+                " a task's server; in-process agents keep OPENAI_BASE_URL=%s",
+                openai_base_url,
+                os.environ.get("OPENAI_BASE_URL"),
+            )
         if inspect.iscoroutinefunction(self.agent):
             return await self.agent(task_input)
         return await asyncio.to_thread(self.agent, task_input)

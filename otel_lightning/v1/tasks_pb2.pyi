@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "input_json", "group_size")
+    __slots__ = ("task_id", "input_json", "group_size", "openai_base_url")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OPENAI_BASE_URL_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     input_json: str
     group_size: int
-    def __init__(self, task_id: _Optional[str] = ..., input_json: _Optional[str] = ..., group_size: _Optional[int] = ...) -> None: ...
+    openai_base_url: str
+    def __init__(self, task_id: _Optional[str] = ..., input_json: _Optional[str] = ..., group_size: _Optional[int] = ..., openai_base_url: _Optional[str] = ...) -> None: ...
 
 class SubmitTasksRequest(_message.Message):
     __slots__ = ("tasks",)
@@ -41,7 +43,7 @@ class ClaimRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., lease_s: _Optional[float] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("lease_id", "task_id", "input_json", "sample", "attempt", "rollout_id", "lease_s")
+    __slots__ = ("lease_id", "task_id", "input_json", "sample", "attempt", "rollout_id", "lease_s", "openai_base_url")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +51,7 @@ class Lease(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    OPENAI_BASE_URL_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     task_id: str
     input_json: str
@@ -56,7 +59,8 @@ class Lease(_message.Message):
     attempt: int
     rollout_id: str
     lease_s: float
-    def __init__(self, lease_id: _Optional[str] = ..., task_id: _Optional[str] = ..., input_json: _Optional[str] = ..., sample: _Optional[int] = ..., attempt: _Optional[int] = ..., rollout_id: _Optional[str] = ..., lease_s: _Optional[float] = ...) -> None: ...
+    openai_base_url: str
+    def __init__(self, lease_id: _Optional[str] = ..., task_id: _Optional[str] = ..., input_json: _Optional[str] = ..., sample: _Optional[int] = ..., attempt: _Optional[int] = ..., rollout_id: _Optional[str] = ..., lease_s: _Optional[float] = ..., openai_base_url: _Optional[str] = ...) -> None: ...
 
 class ClaimResponse(_message.Message):
     __slots__ = ("lease",)
@@ -95,6 +99,34 @@ class CompleteResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+
+class SampleStatesRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class SampleState(_message.Message):
+    __slots__ = ("sample", "state", "attempts", "status", "error", "rollout_id")
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    sample: int
+    state: str
+    attempts: int
+    status: str
+    error: str
+    rollout_id: str
+    def __init__(self, sample: _Optional[int] = ..., state: _Optional[str] = ..., attempts: _Optional[int] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., rollout_id: _Optional[str] = ...) -> None: ...
+
+class SampleStatesResponse(_message.Message):
+    __slots__ = ("samples",)
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    samples: _containers.RepeatedCompositeFieldContainer[SampleState]
+    def __init__(self, samples: _Optional[_Iterable[_Union[SampleState, _Mapping]]] = ...) -> None: ...
 
 class PoolStatsRequest(_message.Message):
     __slots__ = ()

@@ -59,6 +59,11 @@ class TaskPoolStub:
                 request_serializer=otel__lightning_dot_v1_dot_tasks__pb2.PoolStatsRequest.SerializeToString,
                 response_deserializer=otel__lightning_dot_v1_dot_tasks__pb2.PoolStats.FromString,
                 _registered_method=True)
+        self.SampleStates = channel.unary_unary(
+                '/otel_lightning.v1.TaskPool/SampleStates',
+                request_serializer=otel__lightning_dot_v1_dot_tasks__pb2.SampleStatesRequest.SerializeToString,
+                response_deserializer=otel__lightning_dot_v1_dot_tasks__pb2.SampleStatesResponse.FromString,
+                _registered_method=True)
 
 
 class TaskPoolServicer:
@@ -94,6 +99,13 @@ class TaskPoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SampleStates(self, request, context):
+        """The samples of one task: for a submitter waiting on its rollouts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskPoolServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +133,11 @@ def add_TaskPoolServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=otel__lightning_dot_v1_dot_tasks__pb2.PoolStatsRequest.FromString,
                     response_serializer=otel__lightning_dot_v1_dot_tasks__pb2.PoolStats.SerializeToString,
+            ),
+            'SampleStates': grpc.unary_unary_rpc_method_handler(
+                    servicer.SampleStates,
+                    request_deserializer=otel__lightning_dot_v1_dot_tasks__pb2.SampleStatesRequest.FromString,
+                    response_serializer=otel__lightning_dot_v1_dot_tasks__pb2.SampleStatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +275,33 @@ class TaskPool:
             '/otel_lightning.v1.TaskPool/Stats',
             otel__lightning_dot_v1_dot_tasks__pb2.PoolStatsRequest.SerializeToString,
             otel__lightning_dot_v1_dot_tasks__pb2.PoolStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SampleStates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/otel_lightning.v1.TaskPool/SampleStates',
+            otel__lightning_dot_v1_dot_tasks__pb2.SampleStatesRequest.SerializeToString,
+            otel__lightning_dot_v1_dot_tasks__pb2.SampleStatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

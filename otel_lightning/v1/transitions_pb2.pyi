@@ -91,16 +91,18 @@ class CaughtUp(_message.Message):
     def __init__(self, last_sequence: _Optional[int] = ...) -> None: ...
 
 class Subscribe(_message.Message):
-    __slots__ = ("consumer", "start_after", "follow", "max_in_flight")
+    __slots__ = ("consumer", "start_after", "follow", "max_in_flight", "from_latest")
     CONSUMER_FIELD_NUMBER: _ClassVar[int]
     START_AFTER_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    FROM_LATEST_FIELD_NUMBER: _ClassVar[int]
     consumer: str
     start_after: int
     follow: bool
     max_in_flight: int
-    def __init__(self, consumer: _Optional[str] = ..., start_after: _Optional[int] = ..., follow: _Optional[bool] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
+    from_latest: bool
+    def __init__(self, consumer: _Optional[str] = ..., start_after: _Optional[int] = ..., follow: _Optional[bool] = ..., max_in_flight: _Optional[int] = ..., from_latest: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("sequence",)

@@ -116,13 +116,19 @@ class TransitionStreamService:
         if request is None or request.WhichOneof("request") != "subscribe":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first SubscribeRequest must be a Subscribe")
         subscribe = request.subscribe
-        start = self.store.acked_sequence(subscribe.consumer) if subscribe.consumer else subscribe.start_after
+        from_latest = subscribe.from_latest and subscribe.follow and not subscribe.consumer
+        if subscribe.consumer:
+            start = self.store.acked_sequence(subscribe.consumer)
+        else:
+            start = self.store.last_sequence() if from_latest else subscribe.start_after
         window = subscribe.max_in_flight or DEFAULT_MAX_IN_FLIGHT
         # Without follow, the reader gets what was committed when it subscribed, then CaughtUp.
         end = None if subscribe.follow else self.store.last_sequence()
         acks = _Acks(self.store, subscribe.consumer, start)
         threading.Thread(target=acks.read, args=(requests,), name="stream-acks", daemon=True).start()
 
+        if from_latest:
+            yield pb.StreamEvent(sequence=start, caught_up=pb.CaughtUp(last_sequence=start)).SerializeToString()
         sent = start
         while context.is_active():
             if acks.error:

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
     input_json TEXT NOT NULL,
     group_size INTEGER NOT NULL,
-    submitted_ns INTEGER NOT NULL
+    submitted_ns INTEGER NOT NULL,
+    openai_base_url TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS samples (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,6 +50,7 @@ class TaskSpec:
     task_id: str
     input_json: str
     group_size: int = 1
+    openai_base_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,17 @@ class LeaseInfo:
     attempt: int
     rollout_id: str
     lease_s: float
+    openai_base_url: str = ""
+
+
+@dataclass(frozen=True)
+class SampleInfo:
+    sample: int
+    state: str
+    attempts: int
+    status: str
+    error: str
+    rollout_id: str
 
 
 class TaskPool:
@@ -72,6 +85,10 @@ class TaskPool:
         with store.transaction() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
+            # Stores written before tasks had a base URL.
+            columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+            if "openai_base_url" not in columns:
+                db.execute("ALTER TABLE tasks ADD COLUMN openai_base_url TEXT NOT NULL DEFAULT ''")
 
     def submit(self, tasks: list[TaskSpec]) -> tuple[int, int]:
         """Add tasks (ids already present are left as they are); returns (accepted, already_known)."""
@@ -82,8 +99,9 @@ class TaskPool:
                 if not task.task_id:
                     raise ValueError("every task needs a non-empty task_id")
                 cursor = db.execute(
-                    "INSERT OR IGNORE INTO tasks (task_id, input_json, group_size, submitted_ns) VALUES (?, ?, ?, ?)",
-                    (task.task_id, task.input_json, max(task.group_size, 1), now),
+                    "INSERT OR IGNORE INTO tasks (task_id, input_json, group_size, submitted_ns, openai_base_url)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (task.task_id, task.input_json, max(task.group_size, 1), now, task.openai_base_url),
                 )
                 if cursor.rowcount:
                     accepted += 1
@@ -110,19 +128,19 @@ class TaskPool:
         lease_id, rollout_id = uuid.uuid4().hex, uuid.uuid4().hex
         with self.store.transaction() as db:
             row = db.execute(
-                "SELECT s.seq, s.task_id, s.sample, s.attempts, t.input_json FROM samples s"
+                "SELECT s.seq, s.task_id, s.sample, s.attempts, t.input_json, t.openai_base_url FROM samples s"
                 " JOIN tasks t ON t.task_id = s.task_id WHERE s.state = ? ORDER BY s.seq LIMIT 1",
                 (QUEUED,),
             ).fetchone()
             if row is None:
                 return None
-            seq, task_id, sample, attempts, input_json = row
+            seq, task_id, sample, attempts, input_json, openai_base_url = row
             db.execute(
                 "UPDATE samples SET state = ?, lease_id = ?, lease_expires_ns = ?, lease_ns = ?, worker = ?,"
                 " rollout_id = ? WHERE seq = ?",
                 (LEASED, lease_id, time.time_ns() + int(lease_s * 1e9), int(lease_s * 1e9), worker, rollout_id, seq),
             )
-        return LeaseInfo(lease_id, task_id, input_json, sample, attempts, rollout_id, lease_s)
+        return LeaseInfo(lease_id, task_id, input_json, sample, attempts, rollout_id, lease_s, openai_base_url)
 
     def heartbeat(self, lease_id: str) -> bool:
         """Renew a lease for its own length; False when it already expired (the sample is requeued)."""
@@ -188,6 +206,21 @@ class TaskPool:
         counts = {QUEUED: 0, LEASED: 0, DONE: 0, FAILED: 0}
         counts.update(dict(rows))
         return counts
+
+    def samples(self, task_id: str) -> list[SampleInfo]:
+        rows = (
+            self.store.reader()
+            .execute(
+                "SELECT sample, state, attempts, status, error, rollout_id FROM samples WHERE task_id = ?"
+                " ORDER BY sample",
+                (task_id,),
+            )
+            .fetchall()
+        )
+        return [
+            SampleInfo(sample, state, attempts, status or "", error or "", rollout_id or "")
+            for sample, state, attempts, status, error, rollout_id in rows
+        ]
 
     def sample(self, task_id: str, sample: int) -> dict[str, object] | None:
         row = (

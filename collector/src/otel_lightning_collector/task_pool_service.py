@@ -18,7 +18,7 @@ class TaskPoolService(pb_grpc.TaskPoolServicer):
     def Submit(self, request: pb.SubmitTasksRequest, context: grpc.ServicerContext) -> pb.SubmitTasksResponse:  # noqa: N802
         try:
             accepted, known = self.pool.submit(
-                [TaskSpec(t.task_id, t.input_json, t.group_size or 1) for t in request.tasks]
+                [TaskSpec(t.task_id, t.input_json, t.group_size or 1, t.openai_base_url) for t in request.tasks]
             )
         except ValueError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -39,6 +39,7 @@ class TaskPoolService(pb_grpc.TaskPoolServicer):
                 attempt=lease.attempt,
                 rollout_id=lease.rollout_id,
                 lease_s=lease.lease_s,
+                openai_base_url=lease.openai_base_url,
             )
         )
 
@@ -50,6 +51,23 @@ class TaskPoolService(pb_grpc.TaskPoolServicer):
             request.lease_id, request.status, request.error_type, request.error_message, request.requeue
         )
         return pb.CompleteResponse(accepted=accepted)
+
+    def SampleStates(  # noqa: N802
+        self, request: pb.SampleStatesRequest, context: grpc.ServicerContext
+    ) -> pb.SampleStatesResponse:
+        return pb.SampleStatesResponse(
+            samples=[
+                pb.SampleState(
+                    sample=info.sample,
+                    state=info.state,
+                    attempts=info.attempts,
+                    status=info.status,
+                    error=info.error,
+                    rollout_id=info.rollout_id,
+                )
+                for info in self.pool.samples(request.task_id)
+            ]
+        )
 
     def Stats(self, request: pb.PoolStatsRequest, context: grpc.ServicerContext) -> pb.PoolStats:  # noqa: N802
         return pb.PoolStats(**self.pool.stats())

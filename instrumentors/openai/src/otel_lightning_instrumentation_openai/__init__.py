@@ -11,12 +11,15 @@ one span with the request, the response, usage and, when the server returns them
 Under `opentelemetry-instrument python my_agent.py` it is picked up through the
 `opentelemetry_instrumentor` entry point; nothing needs to change in the agent.
 
-Set `LIGHTNING_CAPTURE_CONTENT=false` to keep prompts and completions out of the spans.
+Set `LIGHTNING_CAPTURE_CONTENT=false` to keep prompts and completions out of the spans, and
+`LIGHTNING_REQUEST_TOKEN_IDS=true` (the worker does, for agents it points at a policy server) to ask
+a vLLM-style server for token ids and logprobs on every chat completion.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -28,7 +31,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from wrapt import wrap_function_wrapper
 
 from otel_lightning import ensure_rollout_processor
-from otel_lightning_instrumentation_openai.extract import CHAT_COMPLETIONS, RESPONSES
+from otel_lightning_instrumentation_openai.extract import CHAT_COMPLETIONS, RESPONSES, with_token_id_options
 from otel_lightning_instrumentation_openai.llm_span import (
     SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY,
     LLMCall,
@@ -69,6 +72,10 @@ def _skip() -> bool:
     return not is_instrumentation_enabled() or bool(otel_context.get_value(SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY))
 
 
+def _request_token_ids() -> bool:
+    return os.environ.get("LIGHTNING_REQUEST_TOKEN_IDS", "").lower() in ("1", "true", "yes")
+
+
 def _start_call(tracer: trace.Tracer, api: str, kwargs: dict[str, Any]) -> LLMCall | None:
     try:
         return LLMCall(tracer, SCOPE_NAME, api, kwargs)
@@ -79,6 +86,8 @@ def _start_call(tracer: trace.Tracer, api: str, kwargs: dict[str, Any]) -> LLMCa
 
 def _sync_wrapper(tracer: trace.Tracer, api: str) -> Any:
     def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if _request_token_ids():
+            kwargs = with_token_id_options(api, kwargs)
         call = None if _skip() else _start_call(tracer, api, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
@@ -99,6 +108,8 @@ def _sync_wrapper(tracer: trace.Tracer, api: str) -> Any:
 
 def _async_wrapper(tracer: trace.Tracer, api: str) -> Any:
     async def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if _request_token_ids():
+            kwargs = with_token_id_options(api, kwargs)
         call = None if _skip() else _start_call(tracer, api, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)

@@ -47,6 +47,21 @@ def _given(kwargs: Mapping[str, Any], key: str) -> Any:
     return None if value is None or _is_not_given(value) else value
 
 
+def with_token_id_options(api: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The request asking a vLLM-style server for token ids and logprobs (`return_token_ids`).
+
+    Only for chat completions; values the caller set are kept.
+    """
+    if api != CHAT_COMPLETIONS:
+        return kwargs
+    extra_body = dict(_given(kwargs, "extra_body") or {})
+    extra_body.setdefault("return_token_ids", True)
+    options = {**kwargs, "extra_body": extra_body}
+    if _given(kwargs, "logprobs") is None:
+        options["logprobs"] = True
+    return options
+
+
 def request_messages(api: str, kwargs: Mapping[str, Any]) -> list[Any]:
     """The conversation the model is asked to continue, as chat messages."""
     if api == CHAT_COMPLETIONS:
