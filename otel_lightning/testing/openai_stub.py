@@ -12,6 +12,7 @@ A model named `error` gets HTTP 500, to exercise failure paths.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import threading
 import time
@@ -67,6 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
         except json.JSONDecodeError as error:
             return self._json(400, {"error": {"message": f"invalid JSON: {error}", "type": "invalid_request_error"}})
+        self.server.received.append(body)  # type: ignore[attr-defined]
         if body.get("model") == "error":
             return self._json(500, {"error": {"message": "stub model failure", "type": "server_error"}})
         if self.path.rstrip("/").endswith("/chat/completions"):
@@ -233,6 +235,9 @@ class StubOpenAIServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
+        # Every request body, in arrival order (bounded), for tests to look at.
+        self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self._server.received = self.received  # type: ignore[attr-defined]
         self.base_url = f"http://{host}:{self._server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._server.serve_forever, name="openai-stub", daemon=True)
 

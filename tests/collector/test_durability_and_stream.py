@@ -146,3 +146,25 @@ def test_encoded_stream_events_equal_protobuf_serialization():
         for kind, body in ((EVENT_TRANSITION, transition), (EVENT_ROLLOUT, rollout)):
             stored = StoredEvent(sequence, kind, body.SerializeToString())
             assert encode_stream_event(stored) == to_stream_event(stored).SerializeToString()
+
+
+def test_a_from_latest_follower_skips_history_and_gets_what_comes_after(collector):
+    export_rollouts(collector.address, 2)
+    wait_for_rollouts(collector.address, 2)
+    received: list[str] = []
+    client = TransitionStreamClient(collector.address, from_latest=True, auto_ack=True)
+
+    def follow() -> None:
+        for event in client:
+            payload = getattr(event, event.WhichOneof("payload"))
+            received.append(payload.rollout_id)
+            if event.HasField("rollout"):
+                return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    assert client.wait_positioned(10)
+    export_rollouts(collector.address, 1, start=7)
+    reader.join(10)
+    client.close()
+    assert received and set(received) == {"r007"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 from otel_lightning.task_client import TaskPoolClient
@@ -92,3 +93,31 @@ def test_a_heartbeat_renews_the_lease_for_its_own_length(tmp_path):
         time.sleep(0.8)  # renewed for 0.5 s, not longer: the lease is gone
         assert not pool.heartbeat(lease.lease_id)
         assert pool.claim("w2", wait_s=0).attempt == 1
+
+
+def test_a_task_names_its_model_server_and_its_samples_can_be_looked_up(tmp_path):
+    with pool_server(tmp_path) as server:
+        pool = TaskPoolClient(server.address)
+        pool.submit([("t", {"q": 1})], group_size=2, openai_base_url="http://10.0.0.7:8000/v1")
+        lease = pool.claim("w", lease_s=30)
+        assert lease.openai_base_url == "http://10.0.0.7:8000/v1"
+        pool.complete(lease.lease_id, "failed", "ValueError", "bad")
+        states = {s.sample: s for s in pool.sample_states("t")}
+        assert (states[lease.sample].state, states[lease.sample].status) == ("done", "failed")
+        assert states[lease.sample].rollout_id == lease.rollout_id
+        assert states[1 - lease.sample].state == "queued"
+        assert pool.sample_states("unknown") == []
+
+
+def test_a_store_from_before_task_base_urls_is_migrated(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE tasks (task_id TEXT PRIMARY KEY, input_json TEXT NOT NULL, group_size INTEGER NOT NULL,"
+            " submitted_ns INTEGER NOT NULL)"
+        )
+        db.execute("INSERT INTO tasks VALUES ('old', '{}', 1, 0)")
+    with CollectorServer(CollectorConfig(listen="127.0.0.1:0", store_path=path)) as server:
+        pool = TaskPoolClient(server.address)
+        pool.submit([("new", {})], openai_base_url="http://h/v1")
+        assert pool.claim("w", lease_s=30).openai_base_url == "http://h/v1"
