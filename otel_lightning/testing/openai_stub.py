@@ -6,7 +6,8 @@ Serves `/v1/chat/completions` and `/v1/responses`, streaming or not, the way vLL
 `return_token_ids`: prompt and completion token ids (UTF-8 bytes of the text) and logprobs, plus
 `policy_version`. Its policy: with a `calculator` tool offered, it calls it on the arithmetic in the
 question, then answers with the tool's result; without tools it answers the arithmetic itself.
-A model named `error` gets HTTP 500, to exercise failure paths.
+A model named `error` gets HTTP 500, to exercise failure paths. It also answers vLLM's `GET /health`
+and the dev-mode weight endpoints (`POST /collective_rpc`, `/reset_prefix_cache`), recording them.
 """
 
 from __future__ import annotations
@@ -56,8 +57,26 @@ def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> tuple
     return "I can only do arithmetic.", None
 
 
+class _StubHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
+        # (path, body) of every POST, in arrival order (bounded), for tests to look at.
+        self.received: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=1000)
+
+
+_VLLM_DEV_ROUTES = ("/collective_rpc", "/reset_prefix_cache")
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    server: _StubHTTPServer
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") in ("/health", "/v1/models"):
+            return self._json(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+        return self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -68,7 +87,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
         except json.JSONDecodeError as error:
             return self._json(400, {"error": {"message": f"invalid JSON: {error}", "type": "invalid_request_error"}})
-        self.server.received.append(body)  # type: ignore[attr-defined]
+        self.server.received.append((self.path, body))
+        if self.path.rstrip("/") in _VLLM_DEV_ROUTES:
+            return self._json(200, {"results": [None]} if "collective_rpc" in self.path else {})
         if body.get("model") == "error":
             return self._json(500, {"error": {"message": "stub model failure", "type": "server_error"}})
         if self.path.rstrip("/").endswith("/chat/completions"):
@@ -233,11 +254,8 @@ class StubOpenAIServer:
     """The stub in a background thread: `with StubOpenAIServer() as server: server.base_url`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = ThreadingHTTPServer((host, port), _Handler)
-        self._server.daemon_threads = True
-        # Every request body, in arrival order (bounded), for tests to look at.
-        self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
-        self._server.received = self.received  # type: ignore[attr-defined]
+        self._server = _StubHTTPServer((host, port))
+        self.received = self._server.received
         self.base_url = f"http://{host}:{self._server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._server.serve_forever, name="openai-stub", daemon=True)
 
@@ -255,7 +273,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    server = ThreadingHTTPServer((args.host, args.port), _Handler)
+    server = _StubHTTPServer((args.host, args.port))
     print(f"stub OpenAI server on http://{args.host}:{args.port}/v1", flush=True)
     server.serve_forever()
 

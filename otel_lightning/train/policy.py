@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from otel_lightning.train.tokenizer import ByteChatTokenizer
+from otel_lightning.train.tokenizer import ChatTokenizer
 
 
 @dataclass
@@ -32,7 +32,7 @@ class TorchPolicy:
     `lock` serialises generation and weight updates, so a response never mixes two versions.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: ByteChatTokenizer, name: str = "tiny-qwen2") -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: ChatTokenizer, name: str = "tiny-qwen2") -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name

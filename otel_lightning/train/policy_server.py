@@ -50,7 +50,7 @@ def chat_completion(
     tokenizer = policy.tokenizer
     tools = {(t.get("function") or {}).get("name"): t for t in request.tools or []}
     default_tool = next(iter(tools), None)  # `<call>ARG</call>` is a call of the first tool offered
-    prompt_ids = tokenizer.encode_prompt(request.messages, default_tool)
+    prompt_ids = tokenizer.encode_prompt(request.messages, default_tool, request.tools)
     max_tokens = request.max_completion_tokens or request.max_tokens or 32
     temperature = 1.0 if request.temperature is None else request.temperature
     generation, version = generate(GenerationRequest(prompt_ids, max_tokens, temperature, request.seed))
@@ -61,7 +61,11 @@ def chat_completion(
             "type": "function",
             "function": {
                 "name": call.name,
-                "arguments": json.dumps({_first_parameter(tools.get(call.name, {})): call.argument}),
+                "arguments": json.dumps(
+                    call.arguments
+                    if call.arguments is not None
+                    else {_first_parameter(tools.get(call.name, {})): call.argument}
+                ),
             },
         }
         for call in calls
@@ -80,7 +84,7 @@ def chat_completion(
     if request.logprobs:
         choice["logprobs"] = {
             "content": [
-                {"token": tokenizer.decode([t]), "logprob": lp, "bytes": [t] if t < 256 else [], "top_logprobs": []}
+                {"token": tokenizer.decode([t]), "logprob": lp, "bytes": tokenizer.token_bytes(t), "top_logprobs": []}
                 for t, lp in zip(generation.token_ids, generation.logprobs, strict=True)
             ]
         }

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<system>", "<user>", "<assistant>", "<tool>", "<call>", "</call>")
 
@@ -21,7 +21,24 @@ SPECIAL_TOKENS = ("<pad>", "<eos>", "<system>", "<user>", "<assistant>", "<tool>
 @dataclass(frozen=True)
 class ToolCall:
     name: str
-    argument: str
+    argument: str  # the value of the tool's first parameter (the byte tokenizer's compact form)
+    arguments: dict[str, Any] | None = None  # all of them, where the model wrote them out
+
+
+class ChatTokenizer(Protocol):
+    """What the policy, its server and the trainer need of a tokenizer."""
+
+    eos_id: int
+    pad_id: int
+    vocab_size: int
+
+    def encode_text(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def token_bytes(self, token: int) -> list[int]: ...
+    def encode_prompt(
+        self, messages: list[dict[str, Any]], default_tool: str | None = None, tools: list[dict] | None = None
+    ) -> list[int]: ...
+    def parse_completion(self, ids: list[int], default_tool: str = "") -> tuple[str, list[ToolCall]]: ...
 
 
 class ByteChatTokenizer:
@@ -33,6 +50,9 @@ class ByteChatTokenizer:
 
     def encode_text(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+    def token_bytes(self, token: int) -> list[int]:
+        return [token] if token < 256 else []
 
     def decode(self, ids: list[int]) -> str:
         """Text of the ids; special tokens are written by name."""
@@ -68,8 +88,13 @@ class ByteChatTokenizer:
         text = argument if name == default_tool else f"{name}:{argument}"
         return [self.special["<call>"], *self.encode_text(text), self.special["</call>"]]
 
-    def encode_prompt(self, messages: list[dict[str, Any]], default_tool: str | None = None) -> list[int]:
-        """The conversation so far, ending with the marker that asks the model for its turn."""
+    def encode_prompt(
+        self, messages: list[dict[str, Any]], default_tool: str | None = None, tools: list[dict] | None = None
+    ) -> list[int]:
+        """The conversation so far, ending with the marker that asks the model for its turn.
+
+        Tool definitions are not rendered: the default policy is trained for its tools.
+        """
         ids: list[int] = []
         for message in messages:
             ids += self.encode_message(message, default_tool)

@@ -187,12 +187,13 @@ def test_uninstrument_removes_every_wrapper(memory_exporter, client):
 
 def test_token_ids_are_requested_only_when_asked(memory_exporter, client, openai_stub, monkeypatch):
     client.chat.completions.create(model="m", messages=QUESTION)
-    assert "return_token_ids" not in openai_stub.received[-1] and "logprobs" not in openai_stub.received[-1]
+    _, sent = openai_stub.received[-1]
+    assert "return_token_ids" not in sent and "logprobs" not in sent
 
     monkeypatch.setenv("LIGHTNING_REQUEST_TOKEN_IDS", "true")
     client.chat.completions.create(model="m", messages=QUESTION, extra_body={"top_k": 5})
-    sent = openai_stub.received[-1]
+    _, sent = openai_stub.received[-1]
     assert (sent["return_token_ids"], sent["logprobs"], sent["top_k"]) == (True, True, 5)
     client.chat.completions.create(model="m", messages=QUESTION, logprobs=False)
-    assert openai_stub.received[-1]["logprobs"] is False  # the caller's choice stands
+    assert openai_stub.received[-1][1]["logprobs"] is False  # the caller's choice stands
     assert len(llm_spans(memory_exporter)) == 3
