@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-PARTS := -e ".[dev]" -e collector -e instrumentors/openai
+PARTS := -e ".[dev]" -e collector -e instrumentors/openai -e instrumentors/openai_agents
 STAMP := $(VENV)/.installed
 
 .PHONY: install install-smollm2 test lint demo quickstart bench protos clean

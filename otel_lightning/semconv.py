@@ -22,6 +22,8 @@ SPAN_KIND_LLM = "llm"
 SPAN_KIND_TOOL = "tool"
 SPAN_KIND_AGENT = "agent"
 SPAN_KIND_REWARD = "reward"
+SPAN_KIND_HANDOFF = "handoff"
+SPAN_KIND_GUARDRAIL = "guardrail"
 
 ROLLOUT_SPAN_NAME = "lightning.rollout"
 REWARD_SPAN_NAME = "lightning.reward"
@@ -54,6 +56,17 @@ GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
 GEN_AI_TOOL_DEFINITIONS = "gen_ai.tool.definitions"
 GEN_AI_TOOL_NAME = "gen_ai.tool.name"
 GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+GEN_AI_TOOL_CALL_RESULT = "gen_ai.tool.call.result"
+GEN_AI_AGENT_NAME = "gen_ai.agent.name"
+
+# --- agent frameworks: what happened between LLM calls ------------------------------------------
+AGENT_TOOLS = "lightning.agent.tools"  # names of the tools the agent may call
+AGENT_HANDOFFS = "lightning.agent.handoffs"  # names of the agents it may hand off to
+HANDOFF_FROM = "lightning.handoff.from_agent"
+HANDOFF_TO = "lightning.handoff.to_agent"
+GUARDRAIL_NAME = "lightning.guardrail.name"
+GUARDRAIL_TRIGGERED = "lightning.guardrail.triggered"
 
 # --- LLM calls: what RL needs beyond GenAI ------------------------------------------------------
 LLM_API = "lightning.llm.api"  # "chat.completions" | "responses"

@@ -39,16 +39,42 @@ def token_ids(text: str) -> list[int]:
     return list(text.encode("utf-8"))
 
 
+def _tool_names_by_call_id(messages: list[dict[str, Any]]) -> dict[str, str]:
+    names = {}
+    for message in messages:
+        for call in message.get("tool_calls") or []:  # chat completions
+            names[call.get("id", "")] = (call.get("function") or {}).get("name", "")
+        if message.get("type") == "function_call":  # responses
+            names[message.get("call_id", "")] = message.get("name", "")
+    return names
+
+
+def _is_tool_result(message: dict[str, Any]) -> bool:
+    return message.get("role") in ("tool", "function_call_output") or message.get("type") == "function_call_output"
+
+
 def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> tuple[str | None, dict[str, Any] | None]:
-    """(answer text, tool call) the stub policy gives for a conversation."""
+    """(answer text, tool call) the stub policy gives for a conversation.
+
+    After a calculator result: answer with it. Else, with a calculator offered: call it on the
+    question's arithmetic; with only a `transfer_to_*` tool (an Agents SDK handoff): hand off;
+    otherwise answer the arithmetic directly.
+    """
+    names = _tool_names_by_call_id(messages)
     last = messages[-1] if messages else {}
-    if last.get("role") in ("tool", "function_call_output") or last.get("type") == "function_call_output":
-        return f"The answer is {_text_of(last.get('content') or last.get('output'))}.", None
-    question = _text_of(last.get("content"))
+    if _is_tool_result(last):
+        call_id = last.get("tool_call_id") or last.get("call_id") or ""
+        if not names.get(call_id, "").startswith("transfer_to_"):
+            return f"The answer is {_text_of(last.get('content') or last.get('output'))}.", None
+    users = [m for m in messages if m.get("role") == "user"]
+    question = _text_of(users[-1].get("content")) if users else ""
     expression = find_expression(question)
     tool_names = [t.get("function", {}).get("name") or t.get("name") for t in tools]
     if expression and "calculator" in tool_names:
         return None, {"name": "calculator", "arguments": json.dumps({"expression": expression})}
+    handoff = next((name for name in tool_names if name and name.startswith("transfer_to_")), None)
+    if expression and handoff:
+        return None, {"name": handoff, "arguments": "{}"}
     if expression:
         try:
             return f"The answer is {format_number(evaluate(expression))}.", None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -16,17 +15,15 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_lightning import semconv
+from otel_lightning.content import capture_content_enabled
 from otel_lightning_instrumentation_openai import extract
 
 logger = logging.getLogger(__name__)
 
 # OpenLLMetry's instrumentors skip a call while this context key (a plain string) is set.
 SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY = "suppress_language_model_instrumentation"
+_MODEL_OPERATIONS = (None, "chat", "text_completion", "generate_content")
 _FOREIGN_GENAI_MARKERS = (semconv.GEN_AI_OPERATION_NAME, semconv.GEN_AI_SYSTEM, "llm.request.type")
-
-
-def capture_content_enabled() -> bool:
-    return os.environ.get(semconv.ENV_CAPTURE_CONTENT, "true").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _live_foreign_genai_span(scope_name: str) -> trace.Span | None:
@@ -37,6 +34,9 @@ def _live_foreign_genai_span(scope_name: str) -> trace.Span | None:
     if not span.is_recording() or scope is None or attributes is None or scope.name == scope_name:
         return None
     if getattr(span, "end_time", None) is not None:
+        return None
+    # Agent and tool spans (ours from another framework instrumentor, or anyone's) are not model calls.
+    if semconv.SPAN_KIND in attributes or attributes.get(semconv.GEN_AI_OPERATION_NAME) not in _MODEL_OPERATIONS:
         return None
     return span if any(marker in attributes for marker in _FOREIGN_GENAI_MARKERS) else None
 

@@ -1,0 +1,95 @@
+"""The Agents SDK instrumentor on a real two-agent app (handoff + tool) over the real OpenAI client
+and the local stub model: span tree, attributes, and the per-agent transitions the collector builds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import agents
+import pytest
+
+import otel_lightning as ol
+from examples.openai_agents.agent import solve
+from otel_lightning import semconv
+from otel_lightning_instrumentation_openai_agents import OpenAIAgentsInstrumentor
+from tests.support import rollouts, transitions, wait_for_rollouts
+
+TASK = {"question": "What is 17+25?", "answer": "42"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def instrumented():
+    agents.set_trace_processors([])  # no export to OpenAI's tracing backend from tests
+    instrumentor = OpenAIAgentsInstrumentor()
+    instrumentor.instrument()
+    yield instrumentor
+    instrumentor.uninstrument()
+
+
+@pytest.fixture(autouse=True)
+def model_server(openai_stub, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_stub.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+
+
+def by_kind(spans, kind):
+    return [s for s in spans if s.attributes.get(semconv.SPAN_KIND) == kind]
+
+
+def test_agents_tools_and_handoffs_become_spans_around_the_llm_calls(memory_exporter):
+    with ol.rollout("t1"):
+        answer = asyncio.run(solve(TASK))
+    assert "42" in answer
+    spans = memory_exporter.get_finished_spans()
+    by_id = {s.context.span_id: s for s in spans}
+    triage, math = by_kind(spans, semconv.SPAN_KIND_AGENT)
+    assert (triage.name, math.name) == ("invoke_agent Triage", "invoke_agent Math")
+    assert triage.attributes[semconv.AGENT_HANDOFFS] == ("Math",)
+    assert math.attributes[semconv.AGENT_TOOLS] == ("calculator",)
+
+    (handoff,) = by_kind(spans, semconv.SPAN_KIND_HANDOFF)
+    assert (handoff.attributes[semconv.HANDOFF_FROM], handoff.attributes[semconv.HANDOFF_TO]) == ("Triage", "Math")
+    (tool,) = by_kind(spans, semconv.SPAN_KIND_TOOL)
+    assert tool.attributes[semconv.GEN_AI_TOOL_NAME] == "calculator"
+    assert json.loads(tool.attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS]) == {"expression": "17+25"}
+    assert tool.attributes[semconv.GEN_AI_TOOL_CALL_RESULT] == "42"
+    assert by_id[tool.parent.span_id] is math
+
+    # One LLM span per model call (ours, from the OpenAI client), inside its agent and named after it.
+    llm = by_kind(spans, semconv.SPAN_KIND_LLM)
+    assert [s.attributes[semconv.AGENT_NAME] for s in llm] == ["Triage", "Math", "Math"]
+    assert [by_id[s.parent.span_id] for s in llm] == [triage, math, math]
+    assert all(s.attributes[semconv.ROLLOUT_ID] == llm[0].attributes[semconv.ROLLOUT_ID] for s in spans)
+
+
+def test_the_collector_builds_per_agent_transitions_with_tool_output_as_state(collector, otlp_export):
+    with ol.rollout("t1"):
+        asyncio.run(solve(TASK))
+    otlp_export.flush()
+    events = wait_for_rollouts(collector.address, 1)
+    (done,) = rollouts(events)
+    assert (done.status, done.total_reward) == ("succeeded", 1.0)
+    steps = transitions(events)
+    assert [t.agent for t in steps] == ["Triage", "Math", "Math"]
+    first_math, last_math = steps[1], steps[2]
+    assert json.loads(first_math.action_json)["tool_calls"][0]["function"]["name"] == "calculator"
+    # The calculator's output is in the next state (the prompt), never in an action.
+    tool_messages = [m for m in json.loads(last_math.state_json)["messages"] if m.get("role") == "tool"]
+    assert any(m["content"] == "42" for m in tool_messages)
+    assert "42" not in json.dumps(json.loads(first_math.action_json))
+    assert json.loads(first_math.next_state_json) == json.loads(last_math.state_json)
+    assert all(len(t.prompt_token_ids) > 0 and len(t.response_token_ids) > 0 for t in steps)
+    assert [t.reward for t in steps] == [1.0, 1.0, 1.0]
+
+
+def test_uninstrument_stops_the_agent_spans(memory_exporter, instrumented):
+    instrumented.uninstrument()
+    try:
+        with ol.rollout("t1"):
+            asyncio.run(solve(TASK))
+        spans = memory_exporter.get_finished_spans()
+        assert by_kind(spans, semconv.SPAN_KIND_AGENT) == [] and by_kind(spans, semconv.SPAN_KIND_TOOL) == []
+        assert len(by_kind(spans, semconv.SPAN_KIND_LLM)) == 3  # the OpenAI instrumentor still records calls
+    finally:
+        instrumented.instrument()
