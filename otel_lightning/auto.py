@@ -10,16 +10,20 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from typing import Any
+from urllib.parse import quote
 
 from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from otel_lightning import semconv
+from otel_lightning.context import current_rollout
 from otel_lightning.processor import ensure_rollout_processor
 
 ENV_TRACEPARENT = "TRACEPARENT"
 ENV_BAGGAGE = "BAGGAGE"
+ENV_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
 
 
 def context_from_environment(environ: dict[str, str] | None = None) -> otel_context.Context | None:
@@ -32,11 +36,19 @@ def context_from_environment(environ: dict[str, str] | None = None) -> otel_cont
 
 
 def environment_for_current_context() -> dict[str, str]:
-    """TRACEPARENT/BAGGAGE of the current context, for a child process to join it."""
+    """TRACEPARENT/BAGGAGE of the current context, for a child process to join it, and the rollout
+    in OTEL_RESOURCE_ATTRIBUTES (added to any already set), so every span of the process names it."""
     carrier: dict[str, str] = {}
     TraceContextTextMapPropagator().inject(carrier)
     W3CBaggagePropagator().inject(carrier)
-    return {ENV_TRACEPARENT: carrier.get("traceparent", ""), ENV_BAGGAGE: carrier.get("baggage", "")}
+    environment = {ENV_TRACEPARENT: carrier.get("traceparent", ""), ENV_BAGGAGE: carrier.get("baggage", "")}
+    info = current_rollout()
+    if info is not None:
+        pairs = {semconv.ROLLOUT_ID: info.rollout_id, semconv.TASK_ID: info.task_id, semconv.ATTEMPT: info.attempt}
+        ours = ",".join(f"{key}={quote(str(value), safe='')}" for key, value in pairs.items())
+        given = os.environ.get(ENV_RESOURCE_ATTRIBUTES, "")
+        environment[ENV_RESOURCE_ATTRIBUTES] = f"{given},{ours}" if given else ours
+    return environment
 
 
 class RolloutContextInstrumentor(BaseInstrumentor):

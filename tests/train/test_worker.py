@@ -20,6 +20,8 @@ AGENT = textwrap.dedent(
 
     task = json.load(sys.stdin)
     assert json.loads(os.environ["LIGHTNING_TASK"]) == task
+    resource = dict(pair.split("=", 1) for pair in os.environ["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+    assert resource["lightning.task.id"] in ("ok", "crash", "hang") and resource["lightning.rollout.id"]
     if task["mode"] == "crash":
         print("something broke in the agent", file=sys.stderr)
         sys.exit(3)
