@@ -12,6 +12,7 @@ import pytest
 import otel_lightning as ol
 from examples.openai_agents.agent import solve
 from otel_lightning import semconv
+from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_instrumentation_openai_agents import OpenAIAgentsInstrumentor
 from tests.support import rollouts, transitions, wait_for_rollouts
 
@@ -93,3 +94,18 @@ def test_uninstrument_stops_the_agent_spans(memory_exporter, instrumented):
         assert len(by_kind(spans, semconv.SPAN_KIND_LLM)) == 3  # the OpenAI instrumentor still records calls
     finally:
         instrumented.instrument()
+
+
+def test_the_collector_can_train_only_some_agents(tmp_path, route_spans):
+    config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "c.db", train_agents=("Ma*",))
+    with CollectorServer(config) as server:
+        processor = route_spans(server.address)
+        with ol.rollout("t1"):
+            asyncio.run(solve(TASK))
+        processor.force_flush()
+        events = wait_for_rollouts(server.address, 1)
+    steps = transitions(events)
+    assert [t.agent for t in steps] == ["Math", "Math"]
+    # What the triage agent did is part of the math agent's state, not an action of its own.
+    assert "transfer_to_math" in steps[0].state_json
+    assert rollouts(events)[0].status == "succeeded"

@@ -6,12 +6,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from otel_lightning_collector.credit import credit_rule
 from otel_lightning_collector.notifier import Notifier
 from otel_lightning_collector.store import EVENT_ROLLOUT, EVENT_TRANSITION, Completion, RolloutRow, Store
-from otel_lightning_collector.transitions import INCOMPLETE, SUCCEEDED, build_rollout
+from otel_lightning_collector.transitions import INCOMPLETE, SUCCEEDED, agent_selector, build_rollout
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +34,12 @@ class RolloutAssembler:
         settle_s: float = 0.0,
         rollout_timeout_s: float = 600.0,
         sweep_interval_s: float = 1.0,
+        train_agents: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.notifier = notifier
         self.credit = credit_rule(credit)
+        self.trains_agent = agent_selector(train_agents)
         self.settle_s = settle_s
         self.rollout_timeout_s = rollout_timeout_s
         self.sweep_interval_s = sweep_interval_s
@@ -116,7 +118,13 @@ class RolloutAssembler:
 
     def build(self, row: RolloutRow, span_bodies: list[bytes]) -> Completion:
         built = build_rollout(
-            row.rollout_id, row.task_id, row.attempt, span_bodies, self.credit, root_missing_status=INCOMPLETE
+            row.rollout_id,
+            row.task_id,
+            row.attempt,
+            span_bodies,
+            self.credit,
+            root_missing_status=INCOMPLETE,
+            trains_agent=self.trains_agent,
         )
         completed = built.completed
         completed.late_span_count = row.late_span_count

@@ -57,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=int(_env("LIGHTNING_MAX_ATTEMPTS", "3")),
         help="tries of a task sample (lease expired, worker crashed) before it is failed (env LIGHTNING_MAX_ATTEMPTS)",
     )
+    parser.add_argument(
+        "--train-agents",
+        default=_env("LIGHTNING_TRAIN_AGENTS", ""),
+        help="multi-agent runs: comma-separated name patterns (e.g. 'coder,math*') of the agents to train;"
+        " the others' turns stay in the conversation as state (env LIGHTNING_TRAIN_AGENTS; default: all)",
+    )
     parser.set_defaults(run=_run)
 
 
@@ -70,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         rollout_timeout_s=args.rollout_timeout,
         durability=args.durability,
         max_attempts=args.max_attempts,
+        train_agents=tuple(p.strip() for p in args.train_agents.split(",") if p.strip()),
     )
     server = CollectorServer(config).start()
     print(f"otel-lightning collector listening on {server.address} (store: {config.store_path})", flush=True)

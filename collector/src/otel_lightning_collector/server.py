@@ -33,6 +33,8 @@ class CollectorConfig:
     max_concurrent_exports: int = 16
     max_message_bytes: int = 64 * 1024 * 1024
     max_attempts: int = 3
+    # Name patterns of the agents whose LLM calls become transitions (empty: all of them).
+    train_agents: tuple[str, ...] = ()
 
 
 class CollectorServer:
@@ -48,6 +50,7 @@ class CollectorServer:
             credit=config.credit,
             settle_s=config.settle_s,
             rollout_timeout_s=config.rollout_timeout_s,
+            train_agents=config.train_agents,
         )
         self.receiver = OtlpTraceReceiver(
             self.store, self.assembler, max_concurrent_exports=config.max_concurrent_exports

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,14 @@ def _action_json(step_attributes: dict[str, Any]) -> str:
     return json.dumps(outputs[0] if outputs else {}, ensure_ascii=False, separators=(",", ":"))
 
 
+def agent_selector(patterns: Sequence[str]) -> Callable[[str], bool] | None:
+    """Which agents to train, by name patterns (`fnmatch`: `coder`, `math*`); none given: every agent."""
+    patterns = [p for p in patterns if p]
+    if not patterns:
+        return None
+    return lambda agent: any(fnmatch.fnmatchcase(agent, pattern) for pattern in patterns)
+
+
 def build_rollout(
     rollout_id: str,
     task_id: str,
@@ -64,11 +74,14 @@ def build_rollout(
     credit: CreditRule,
     *,
     root_missing_status: str = INCOMPLETE,
+    trains_agent: Callable[[str], bool] | None = None,
 ) -> BuiltRollout:
     """Transitions of one rollout, in step order, and its completion record.
 
     LLM spans are the steps (failed LLM calls produce no action, so no transition); reward spans
     are spread over the steps by `credit`; next_state is the next step of the same agent.
+    `trains_agent` selects the agents whose steps become transitions in multi-agent runs; what the
+    others said stays in the conversation, as state.
     """
     spans = [Span.FromString(body) for body in span_bodies]
     root: Span | None = None
@@ -110,6 +123,8 @@ def build_rollout(
     elif not steps:
         status, error_message = MALFORMED, "no LLM call in the rollout"
 
+    if trains_agent is not None:
+        steps = [step for step in steps if trains_agent(step.agent)]
     built = BuiltRollout()
     step_rewards = credit([s.span.end_time_unix_nano for s in steps], rewards)
     per_agent_index: dict[str, int] = {}
