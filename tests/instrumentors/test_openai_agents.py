@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
 import agents
 import pytest
+from openai import AsyncOpenAI
 
 import otel_lightning as ol
-from examples.openai_agents.agent import solve
+from examples.openai_agents.agent import build_agents, solve
 from otel_lightning import semconv
+from otel_lightning.task_client import TaskPoolClient
+from otel_lightning.worker import SubprocessAgent, Worker
 from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_instrumentation_openai_agents import OpenAIAgentsInstrumentor
 from tests.support import rollouts, transitions, wait_for_rollouts
+from tests.train.test_worker import run_until_done
 
 TASK = {"question": "What is 17+25?", "answer": "42"}
+EXAMPLE = Path(__file__).parents[2] / "examples" / "openai_agents" / "agent.py"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -109,3 +116,82 @@ def test_the_collector_can_train_only_some_agents(tmp_path, route_spans):
     # What the triage agent did is part of the math agent's state, not an action of its own.
     assert "transfer_to_math" in steps[0].state_json
     assert rollouts(events)[0].status == "succeeded"
+
+
+def test_the_example_runs_unchanged_under_opentelemetry_instrument(collector, otlp_export, openai_stub):
+    """`otel-lightning worker -- python examples/openai_agents/agent.py`: entry points do everything."""
+    agent = SubprocessAgent(
+        [sys.executable, str(EXAMPLE)], timeout_s=60, openai_base_url=openai_stub.base_url, collector=collector.address
+    )
+    worker = Worker(collector.address, agent, concurrency=1)
+    pool = TaskPoolClient(collector.address)
+    pool.submit([("t-sub", TASK)])
+    run_until_done(worker, pool, 1)
+    otlp_export.flush()
+    events = wait_for_rollouts(collector.address, 1, timeout_s=20)
+    (done,) = rollouts(events)
+    assert (done.status, done.total_reward) == ("succeeded", 1.0), done
+    assert [t.agent for t in transitions(events)] == ["Triage", "Math", "Math"]
+
+
+@agents.input_guardrail
+def no_secrets(context, agent, given) -> agents.GuardrailFunctionOutput:
+    return agents.GuardrailFunctionOutput(output_info=None, tripwire_triggered="password" in str(given))
+
+
+def triage_with_guardrail() -> agents.Agent:
+    triage = build_agents(AsyncOpenAI(max_retries=0))
+    return triage.clone(input_guardrails=[no_secrets])
+
+
+async def streamed(question: str) -> str:
+    result = agents.Runner.run_streamed(triage_with_guardrail(), question)
+    async for _ in result.stream_events():
+        pass
+    return str(result.final_output)
+
+
+@pytest.mark.parametrize("mode", ["sync", "streamed"])
+def test_sync_and_streamed_runs_with_a_guardrail(memory_exporter, mode):
+    with ol.rollout("t1"):
+        if mode == "sync":
+            answer = str(agents.Runner.run_sync(triage_with_guardrail(), TASK["question"]).final_output)
+        else:
+            answer = asyncio.run(streamed(TASK["question"]))
+    assert "42" in answer
+    spans = memory_exporter.get_finished_spans()
+    (guardrail,) = by_kind(spans, semconv.SPAN_KIND_GUARDRAIL)
+    assert (guardrail.attributes[semconv.GUARDRAIL_NAME], guardrail.attributes[semconv.GUARDRAIL_TRIGGERED]) == (
+        "no_secrets",
+        False,
+    )
+    assert [s.attributes[semconv.AGENT_NAME] for s in by_kind(spans, semconv.SPAN_KIND_LLM)] == [
+        "Triage",
+        "Math",
+        "Math",
+    ]
+    assert len(by_kind(spans, semconv.SPAN_KIND_TOOL)) == 1
+
+
+def test_a_tripped_guardrail_is_recorded(memory_exporter):
+    with pytest.raises(agents.InputGuardrailTripwireTriggered), ol.rollout("t1"):
+        agents.Runner.run_sync(triage_with_guardrail(), "What is my password plus 2?")
+    (guardrail,) = by_kind(memory_exporter.get_finished_spans(), semconv.SPAN_KIND_GUARDRAIL)
+    assert guardrail.attributes[semconv.GUARDRAIL_TRIGGERED] is True
+
+
+def test_with_openinferences_instrumentor_too_each_llm_call_is_still_one_llm_span(collector, otlp_export):
+    from openinference.instrumentation.openai_agents import OpenAIAgentsInstrumentor as OpenInferenceAgents
+
+    upstream = OpenInferenceAgents()
+    upstream.instrument()
+    try:
+        with ol.rollout("t1"):
+            asyncio.run(solve(TASK))
+    finally:
+        upstream.uninstrument()
+    otlp_export.flush()
+    events = wait_for_rollouts(collector.address, 1)
+    # OpenInference adds its own spans (its kinds, not ours); the transitions are the same three.
+    assert [t.agent for t in transitions(events)] == ["Triage", "Math", "Math"]
+    assert rollouts(events)[0].span_count > 9

@@ -10,8 +10,10 @@ its name, so multi-agent runs are split into per-agent transitions::
     OpenAIAgentsInstrumentor().instrument()
 
 Under `opentelemetry-instrument python my_agent.py` it is picked up through the
-`opentelemetry_instrumentor` entry point (and skipped when the SDK is not installed). It adds a
-processor to the SDK's own tracing; the SDK's other processors are left as they are.
+`opentelemetry_instrumentor` entry point (and skipped when the SDK is not installed). It sees the
+SDK's spans where the SDK hands them to its processors, ahead of them, so it works whatever
+processors are registered — also when another instrumentor replaces them all (OpenInference's
+does by default) — and leaves them as they are.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import wrap_function_wrapper
 
 from otel_lightning import ensure_rollout_processor
 from otel_lightning_instrumentation_openai_agents.package import _instruments
@@ -28,6 +32,28 @@ from otel_lightning_instrumentation_openai_agents.processor import LightningTrac
 from otel_lightning_instrumentation_openai_agents.version import __version__
 
 SCOPE_NAME = __name__
+
+# The SDK hands every span to one multi-processor, whatever processors are registered with it.
+_DISPATCH = "agents.tracing.provider"
+_DISPATCH_CLASS = "SynchronousMultiTracingProcessor"
+
+
+def _before(processor: LightningTracingProcessor) -> Any:
+    def on_span_start(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        processor.on_span_start(*args, **kwargs)  # first, so other processors' spans nest in ours
+        return wrapped(*args, **kwargs)
+
+    return on_span_start
+
+
+def _after(processor: LightningTracingProcessor) -> Any:
+    def on_span_end(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            processor.on_span_end(*args, **kwargs)  # last: contexts are detached in reverse order
+
+    return on_span_end
 
 
 class OpenAIAgentsInstrumentor(BaseInstrumentor):
@@ -39,27 +65,23 @@ class OpenAIAgentsInstrumentor(BaseInstrumentor):
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
-        from agents import add_trace_processor
-
         tracer_provider = kwargs.get("tracer_provider")
         ensure_rollout_processor(tracer_provider)
         tracer = trace.get_tracer(SCOPE_NAME, __version__, tracer_provider=tracer_provider)
         processor = LightningTracingProcessor(tracer)
-        add_trace_processor(processor)
+        wrap_function_wrapper(_DISPATCH, f"{_DISPATCH_CLASS}.on_span_start", _before(processor))
+        wrap_function_wrapper(_DISPATCH, f"{_DISPATCH_CLASS}.on_span_end", _after(processor))
         type(self)._processor = processor
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        from agents.tracing import get_trace_provider
+        import agents.tracing.provider
 
-        processor, type(self)._processor = type(self)._processor, None
-        if processor is None:
-            return
-        processor.enabled = False
-        # The SDK offers no way to remove one processor: keep all the others.
-        multi = getattr(get_trace_provider(), "_multi_processor", None)
-        current = getattr(multi, "_processors", ())
-        if multi is not None:
-            multi.set_processors([p for p in current if p is not processor])
+        dispatch = getattr(agents.tracing.provider, _DISPATCH_CLASS)
+        unwrap(dispatch, "on_span_start")
+        unwrap(dispatch, "on_span_end")
+        if type(self)._processor is not None:
+            type(self)._processor.enabled = False
+            type(self)._processor = None
 
 
 __all__ = ["OpenAIAgentsInstrumentor", "__version__"]
