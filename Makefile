@@ -40,6 +40,7 @@ quickstart: install
 bench: install
 	$(PY) benchmarks/collector_ingest.py
 	$(PY) benchmarks/openai_instrumentation_overhead.py
+	$(PY) benchmarks/instrumentation_overhead.py
 	$(PY) benchmarks/train_loop.py
 
 protos: install

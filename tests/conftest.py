@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,11 @@ class SwitchableProcessor(SpanProcessor):
     def shutdown(self) -> None:
         return None
 
+
+# Agent subprocesses of the tests run under `opentelemetry-instrument`, which starts every installed
+# instrumentor. OpenInference's Agents SDK instrumentor (installed to test composing with it, which
+# one test does by hand) imports the SDK in each of them (~2 s); agents that never use it skip that.
+os.environ.setdefault("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "openai_agents")
 
 _SWITCH = SwitchableProcessor()
 _PROVIDER = TracerProvider()

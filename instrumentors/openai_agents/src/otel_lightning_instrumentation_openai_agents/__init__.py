@@ -18,13 +18,14 @@ does by default) — and leaves them as they are.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
-from wrapt import wrap_function_wrapper
+from wrapt import register_post_import_hook, wrap_function_wrapper
 
 from otel_lightning import ensure_rollout_processor
 from otel_lightning_instrumentation_openai_agents.package import _instruments
@@ -69,19 +70,26 @@ class OpenAIAgentsInstrumentor(BaseInstrumentor):
         ensure_rollout_processor(tracer_provider)
         tracer = trace.get_tracer(SCOPE_NAME, __version__, tracer_provider=tracer_provider)
         processor = LightningTracingProcessor(tracer)
-        wrap_function_wrapper(_DISPATCH, f"{_DISPATCH_CLASS}.on_span_start", _before(processor))
-        wrap_function_wrapper(_DISPATCH, f"{_DISPATCH_CLASS}.on_span_end", _after(processor))
         type(self)._processor = processor
 
-    def _uninstrument(self, **kwargs: Any) -> None:
-        import agents.tracing.provider
+        def wrap_dispatch(module: Any) -> None:
+            if type(self)._processor is processor:  # not uninstrumented before the SDK was imported
+                wrap_function_wrapper(module, f"{_DISPATCH_CLASS}.on_span_start", _before(processor))
+                wrap_function_wrapper(module, f"{_DISPATCH_CLASS}.on_span_end", _after(processor))
 
-        dispatch = getattr(agents.tracing.provider, _DISPATCH_CLASS)
-        unwrap(dispatch, "on_span_start")
-        unwrap(dispatch, "on_span_end")
-        if type(self)._processor is not None:
-            type(self)._processor.enabled = False
-            type(self)._processor = None
+        # When the agent imports the SDK (now, if it has): a process that never uses it pays nothing,
+        # which matters under `opentelemetry-instrument`, where every installed instrumentor runs.
+        register_post_import_hook(wrap_dispatch, _DISPATCH)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        processor, type(self)._processor = type(self)._processor, None
+        if processor is not None:
+            processor.enabled = False
+        module = sys.modules.get(_DISPATCH)
+        if module is not None:
+            dispatch = getattr(module, _DISPATCH_CLASS)
+            unwrap(dispatch, "on_span_start")
+            unwrap(dispatch, "on_span_end")
 
 
 __all__ = ["OpenAIAgentsInstrumentor", "__version__"]
