@@ -2,8 +2,9 @@
 instrumentation and against the stock OpenInference instrumentor, same process, runs alternating.
 
 OpenAI Agents SDK: one agent answering directly (one LLM call per run), and one calling a
-calculator tool (two LLM calls and one tool call per run). The model is the stub policy behind an
-in-process transport (httpx MockTransport), so the figures are the instrumentation's own cost.
+calculator tool (two LLM calls and one tool call per run). The model is the stub policy (with
+token ids) behind an in-process transport (httpx MockTransport), so the figures are the
+instrumentation's own cost.
 Spans go through the real SDK (BatchSpanProcessor) to an exporter that drops them.
 (LangChain and AutoGen: not yet instrumented.)
 
@@ -31,7 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import otel_lightning as ol
-from otel_lightning.testing.openai_stub import decide, token_ids
+from otel_lightning.testing.openai_stub import chat_completion
 from otel_lightning_instrumentation_openai import OpenAIInstrumentor
 from otel_lightning_instrumentation_openai_agents import OpenAIAgentsInstrumentor
 
@@ -42,28 +43,7 @@ class DropExporter(SpanExporter):
 
 
 def answer(request: httpx2.Request) -> httpx2.Response:
-    body = json.loads(request.content)
-    text, call = decide(body["messages"], body.get("tools") or [])
-    message = {"role": "assistant", "content": text}
-    if call:
-        message["tool_calls"] = [{"id": "call_1", "type": "function", "function": call}]
-    payload = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "m",
-        "prompt_token_ids": list(range(300)),
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": "tool_calls" if call else "stop",
-                "token_ids": token_ids(text or json.dumps(call)),
-            }
-        ],
-        "usage": {"prompt_tokens": 300, "completion_tokens": 20, "total_tokens": 320},
-    }
-    return httpx2.Response(200, json=payload)
+    return httpx2.Response(200, json=chat_completion(json.loads(request.content)))
 
 
 @function_tool

@@ -79,3 +79,6 @@ POLICY_VERSION = "lightning.policy.version"
 # --- configuration ------------------------------------------------------------------------------
 # Set to "false" to keep prompts and completions out of spans (they may hold private data).
 ENV_CAPTURE_CONTENT = "LIGHTNING_CAPTURE_CONTENT"
+# Set to "true" to ask a vLLM-style model server for token ids and logprobs on every chat completion
+# (`return_token_ids`); the worker sets it for agents it points at a policy server.
+ENV_REQUEST_TOKEN_IDS = "LIGHTNING_REQUEST_TOKEN_IDS"

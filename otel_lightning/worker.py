@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from otel_lightning import semconv
 from otel_lightning.auto import environment_for_current_context
 from otel_lightning.context import rollout
 from otel_lightning.task_client import TaskPoolClient
@@ -37,9 +38,6 @@ from otel_lightning.task_client import TaskPoolClient
 logger = logging.getLogger(__name__)
 
 ENV_TASK = "LIGHTNING_TASK"
-# Tells our OpenAI instrumentor to ask the model server for token ids and logprobs (vLLM's
-# `return_token_ids`): set for agents the worker points at a policy server.
-ENV_REQUEST_TOKEN_IDS = "LIGHTNING_REQUEST_TOKEN_IDS"
 
 
 class AgentProcessError(RuntimeError):
@@ -72,7 +70,7 @@ class SubprocessAgent:
         if base_url:
             env["OPENAI_BASE_URL"] = base_url
             env.setdefault("OPENAI_API_KEY", "otel-lightning")
-            env.setdefault(ENV_REQUEST_TOKEN_IDS, "true")
+            env.setdefault(semconv.ENV_REQUEST_TOKEN_IDS, "true")
         if self.collector:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.collector}"
             env.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")

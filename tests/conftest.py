@@ -16,10 +16,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otel_lightning import ensure_rollout_processor
 from otel_lightning.testing.openai_stub import StubOpenAIServer
-from otel_lightning.train.model import tiny_qwen2
+from otel_lightning.train.policies import build_policy
 from otel_lightning.train.policy import TorchPolicy
 from otel_lightning.train.policy_server import PolicyServer
-from otel_lightning.train.tokenizer import ByteChatTokenizer
 from otel_lightning_collector import CollectorConfig, CollectorServer
 
 
@@ -130,8 +129,7 @@ def route_spans() -> Iterator:
 @pytest.fixture
 def policy() -> TorchPolicy:
     """A tiny randomly initialised policy (what the demo starts from, smaller)."""
-    tokenizer = ByteChatTokenizer()
-    return TorchPolicy(tiny_qwen2(tokenizer, hidden=32, layers=1, seed=1), tokenizer)
+    return build_policy("tiny", hidden=32, layers=1, seed=1)
 
 
 @pytest.fixture

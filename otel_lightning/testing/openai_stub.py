@@ -83,6 +83,46 @@ def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> tuple
     return "I can only do arithmetic.", None
 
 
+def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
+    """The stub's (non-streamed) response to a chat completions request body."""
+    messages = body.get("messages") or []
+    text, call = decide(messages, body.get("tools") or [])
+    prompt = "\n".join(f"{m.get('role')}: {_text_of(m.get('content'))}" for m in messages)
+    completion = text if text is not None else json.dumps(call)
+    ids = token_ids(completion)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if call:
+        message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function", "function": call}]
+    usage = {"prompt_tokens": len(token_ids(prompt)), "completion_tokens": len(ids), "total_tokens": 0}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    logprobs = (
+        {
+            "content": [
+                {"token": chr(i) if i < 128 else "?", "logprob": -0.25, "bytes": [i], "top_logprobs": []} for i in ids
+            ]
+        }
+        if body.get("logprobs")
+        else None
+    )
+    choice = {
+        "index": 0,
+        "message": message,
+        "finish_reason": "tool_calls" if call else "stop",
+        "logprobs": logprobs,
+        "token_ids": ids,
+    }
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "stub"),
+        "prompt_token_ids": token_ids(prompt),
+        "policy_version": POLICY_VERSION,
+        "choices": [choice],
+        "usage": usage,
+    }
+
+
 class _StubHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -127,37 +167,14 @@ class _Handler(BaseHTTPRequestHandler):
     # --- chat.completions ---------------------------------------------------------------------
 
     def _chat(self, body: dict[str, Any]) -> None:
-        messages = body.get("messages") or []
-        text, call = decide(messages, body.get("tools") or [])
-        prompt = "\n".join(f"{m.get('role')}: {_text_of(m.get('content'))}" for m in messages)
-        completion = text if text is not None else json.dumps(call)
-        ids = token_ids(completion)
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if call:
-            message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function", "function": call}]
-        finish = "tool_calls" if call else "stop"
-        base = {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
-            "created": int(time.time()),
-            "model": body.get("model", "stub"),
-            "prompt_token_ids": token_ids(prompt),
-            "policy_version": POLICY_VERSION,
-        }
-        usage = {"prompt_tokens": len(token_ids(prompt)), "completion_tokens": len(ids), "total_tokens": 0}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        logprobs = (
-            {
-                "content": [
-                    {"token": chr(i) if i < 128 else "?", "logprob": -0.25, "bytes": [i], "top_logprobs": []}
-                    for i in ids
-                ]
-            }
-            if body.get("logprobs")
-            else None
-        )
+        response = chat_completion(body)
         if not body.get("stream"):
-            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": logprobs, "token_ids": ids}
-            return self._json(200, {**base, "object": "chat.completion", "choices": [choice], "usage": usage})
+            return self._json(200, response)
+        base = {key: value for key, value in response.items() if key not in ("object", "choices", "usage")}
+        usage = response["usage"]
+        (answer,) = response["choices"]
+        message, finish, logprobs = answer["message"], answer["finish_reason"], answer["logprobs"]
+        call, text, ids = message.get("tool_calls"), message["content"], answer["token_ids"]
 
         def chunks() -> Iterator[dict[str, Any]]:
             chunk = {**base, "object": "chat.completion.chunk"}

@@ -11,16 +11,13 @@ import threading
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import torch
-
     from otel_lightning.train.policies import build_policy
     from otel_lightning.train.policy_server import PolicyServer
+    from otel_lightning.train.trainer import load_policy
 
     policy = build_policy(args.model, hidden=args.hidden, layers=args.layers)
     if args.checkpoint:
-        state = torch.load(args.checkpoint, weights_only=True)
-        policy.model.load_state_dict(state["model"])
-        policy.version = int(state["policy_version"])
+        load_policy(policy, args.checkpoint)
     with PolicyServer(policy, host=args.host, port=args.port) as server:
         print(f"policy {policy.name} (version {policy.version}) at {server.base_url}", flush=True)
         try:

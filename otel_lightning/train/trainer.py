@@ -105,6 +105,15 @@ class RolloutGroups:
             self.client.ack(self._last_sequence)
 
 
+def load_policy(policy: TorchPolicy, path: str | Path) -> dict[str, Any]:
+    """Put a checkpoint's weights and policy version (GRPOTrainer.save) into `policy`; returns the checkpoint."""
+    state = torch.load(path, weights_only=True)
+    with policy.lock:
+        policy.model.load_state_dict(state["model"])
+        policy.version = int(state["policy_version"])
+    return state
+
+
 class GRPOTrainer:
     def __init__(self, policy: TorchPolicy, config: TrainerConfig | None = None) -> None:
         self.policy = policy
@@ -191,9 +200,6 @@ class GRPOTrainer:
         )
 
     def load(self, path: str | Path) -> None:
-        state = torch.load(path, weights_only=True)
-        with self.policy.lock:
-            self.policy.model.load_state_dict(state["model"])
-            self.policy.version = int(state["policy_version"])
+        state = load_policy(self.policy, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])

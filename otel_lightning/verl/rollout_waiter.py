@@ -143,9 +143,9 @@ class RolloutWaiter:
         if self._failure is not None:
             raise ConnectionError(f"lost the transition stream of {self.collector}") from self._failure
         samples = await asyncio.to_thread(self.pool.sample_states, task_id)
-        if any(sample.state == "failed" for sample in samples):
-            sample = next(s for s in samples if s.state == "failed")
-            raise RolloutFailedError(f"the pool gave up on task {task_id}: {sample.error}")
+        failed = next((sample for sample in samples if sample.state == "failed"), None)
+        if failed is not None:
+            raise RolloutFailedError(f"the pool gave up on task {task_id}: {failed.error}")
         if expected.finished and samples and all(sample.state == "done" for sample in samples):
             return expected.finished[-1]  # the last attempt ended incomplete and no other will run
         return None

@@ -10,6 +10,7 @@ import torch
 
 from otel_lightning.train.policies import build_policy
 from otel_lightning.train.policy_server import PolicyServer
+from otel_lightning.train.sft import token_logprobs
 
 CALCULATOR = {
     "type": "function",
@@ -44,9 +45,9 @@ def test_policy_server_returns_the_chat_templates_tokens_and_the_models_logprobs
     system = tokenizer.tokenizer.decode(prompt)
     assert "calculator" in system and system.rstrip().endswith("assistant")
     assert prompt == tokenizer.encode_prompt(messages, "calculator", [CALCULATOR])
+    ids = torch.tensor([prompt + completion])
     with torch.no_grad():
-        logits = smollm2.model(input_ids=torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
-    recomputed = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(completion)[:, None])[:, 0]
+        recomputed = token_logprobs(smollm2.model, ids, torch.ones_like(ids))[0, len(prompt) - 1 :]
     reported = [entry["logprob"] for entry in reply["choices"][0]["logprobs"]["content"]]
     assert recomputed.tolist() == pytest.approx(reported, abs=1e-3)
     assert json.dumps(reply)  # a plain OpenAI-shaped response

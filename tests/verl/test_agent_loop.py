@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from verl.experimental.agent_loop.agent_loop import DictConfigWrap
 
+from otel_lightning.train.sft import token_logprobs
 from otel_lightning.verl.rollout_waiter import RolloutFailedError, RolloutWaiter
 from otel_lightning.worker import SubprocessAgent, Worker
 from tests.verl.support import padding_tokenizer
@@ -91,8 +92,7 @@ def test_outputs_carry_the_servers_exact_tokens_logprobs_and_the_agents_reward(a
             # The logprobs the server reported are the model's for exactly these tokens.
             ids = torch.tensor([output.prompt_ids + output.response_ids])
             with torch.no_grad():
-                logits = policy.model(input_ids=ids).logits[0, len(output.prompt_ids) - 1 : -1].float()
-            recomputed = torch.log_softmax(logits, -1).gather(1, torch.tensor(output.response_ids)[:, None])[:, 0]
+                recomputed = token_logprobs(policy.model, ids, torch.ones_like(ids))[0, len(output.prompt_ids) - 1 :]
             assert recomputed.tolist() == pytest.approx(output.response_logprobs, abs=1e-4)
         assert [o.extra_fields["lightning_steps"] for o in outputs] == [[0], [1]]
 

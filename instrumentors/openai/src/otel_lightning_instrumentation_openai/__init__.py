@@ -30,7 +30,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 from wrapt import wrap_function_wrapper
 
-from otel_lightning import ensure_rollout_processor
+from otel_lightning import ensure_rollout_processor, semconv
 from otel_lightning_instrumentation_openai.extract import CHAT_COMPLETIONS, RESPONSES, with_token_id_options
 from otel_lightning_instrumentation_openai.llm_span import (
     SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY,
@@ -73,7 +73,7 @@ def _skip() -> bool:
 
 
 def _request_token_ids() -> bool:
-    return os.environ.get("LIGHTNING_REQUEST_TOKEN_IDS", "").lower() in ("1", "true", "yes")
+    return os.environ.get(semconv.ENV_REQUEST_TOKEN_IDS, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _start_call(tracer: trace.Tracer, api: str, kwargs: dict[str, Any]) -> LLMCall | None:
