@@ -124,6 +124,17 @@ def _rollout_scope(info: RolloutInfo) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def policy_version_scope(version: str) -> Iterator[None]:
+    """Name the policy version the LLM calls inside are served by, for model servers that do not
+    report it in their responses (vLLM); a response that names a version wins."""
+    token = otel_context.attach(baggage.set_baggage(semconv.BAGGAGE_POLICY_VERSION, version))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextlib.contextmanager
 def agent_scope(name: str) -> Iterator[None]:
     """Name the agent whose LLM calls run inside (multi-agent runs split transitions by it)."""
     token = otel_context.attach(baggage.set_baggage(semconv.BAGGAGE_AGENT_NAME, name))

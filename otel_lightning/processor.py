@@ -18,7 +18,7 @@ _MARKER = "_otel_lightning_rollout_processor"
 
 
 class RolloutSpanProcessor(SpanProcessor):
-    """Copies rollout id, task id, attempt and agent name from baggage onto each new span.
+    """Copies rollout id, task id, attempt, agent name and policy version from baggage onto each new span.
 
     Reading baggage from the parent context (not a thread-local) is what makes this work across
     asyncio tasks, threads that propagate context, and processes that received W3C baggage.
@@ -38,6 +38,10 @@ class RolloutSpanProcessor(SpanProcessor):
         agent = entries.get(semconv.BAGGAGE_AGENT_NAME)
         if agent:
             span.set_attribute(semconv.AGENT_NAME, str(agent))
+        # The version the task was run for; an LLM span whose server reports one gets that instead.
+        version = entries.get(semconv.BAGGAGE_POLICY_VERSION)
+        if version:
+            span.set_attribute(semconv.POLICY_VERSION, str(version))
 
     def on_end(self, span: ReadableSpan) -> None:
         return None

@@ -14,6 +14,7 @@ BAGGAGE_ROLLOUT_ID = ROLLOUT_ID
 BAGGAGE_TASK_ID = TASK_ID
 BAGGAGE_ATTEMPT = ATTEMPT
 BAGGAGE_AGENT_NAME = "lightning.agent.name"
+BAGGAGE_POLICY_VERSION = "lightning.policy.version"
 
 # --- what a span is, for the collector ----------------------------------------------------------
 SPAN_KIND = "lightning.span.kind"

@@ -17,10 +17,13 @@ class TaskPoolClient:
         self._channel = channel or grpc.insecure_channel(target)
         self._stub = pb_grpc.TaskPoolStub(self._channel)
 
-    def submit(self, tasks: list[tuple[str, Any]], group_size: int = 1, openai_base_url: str = "") -> int:
+    def submit(
+        self, tasks: list[tuple[str, Any]], group_size: int = 1, openai_base_url: str = "", policy_version: str = ""
+    ) -> int:
         """Submit (task_id, input) pairs, input JSON-serialisable; returns how many were new.
 
-        `openai_base_url`: the model server these tasks' rollouts must call (the worker's default if empty).
+        `openai_base_url`: the model server these tasks' rollouts must call (the worker's default if empty);
+        `policy_version`: the version it serves, recorded on the rollouts when the server does not say (vLLM).
         """
         request = pb.SubmitTasksRequest(
             tasks=[
@@ -29,6 +32,7 @@ class TaskPoolClient:
                     input_json=json.dumps(given),
                     group_size=group_size,
                     openai_base_url=openai_base_url,
+                    policy_version=policy_version,
                 )
                 for task_id, given in tasks
             ]

@@ -32,7 +32,7 @@ import grpc
 
 from otel_lightning import semconv
 from otel_lightning.auto import environment_for_current_context
-from otel_lightning.context import rollout
+from otel_lightning.context import policy_version_scope, rollout
 from otel_lightning.task_client import TaskPoolClient
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,10 @@ class Worker:
         status, error_type, error_message = "succeeded", "", ""
         try:
             task_input = json.loads(lease.input_json)
-            with rollout(lease.task_id, attempt=lease.attempt, rollout_id=lease.rollout_id):
+            with contextlib.ExitStack() as scopes:
+                if lease.policy_version:  # before the rollout, so its root span carries it too
+                    scopes.enter_context(policy_version_scope(lease.policy_version))
+                scopes.enter_context(rollout(lease.task_id, attempt=lease.attempt, rollout_id=lease.rollout_id))
                 await asyncio.wait_for(self._call_agent(task_input, lease.openai_base_url), self.task_timeout_s)
         except Exception as error:  # the agent's failure is the rollout's outcome, not the worker's
             # TimeoutError: from wait_for (task_timeout_s) or from the agent itself (a subprocess's limit).

@@ -83,8 +83,9 @@ def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> tuple
     return "I can only do arithmetic.", None
 
 
-def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
-    """The stub's (non-streamed) response to a chat completions request body."""
+def chat_completion(body: dict[str, Any], policy_version: str | None = POLICY_VERSION) -> dict[str, Any]:
+    """The stub's (non-streamed) response to a chat completions request body (no `policy_version`
+    in it when None, as vLLM answers)."""
     messages = body.get("messages") or []
     text, call = decide(messages, body.get("tools") or [])
     prompt = "\n".join(f"{m.get('role')}: {_text_of(m.get('content'))}" for m in messages)
@@ -111,23 +112,26 @@ def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
         "logprobs": logprobs,
         "token_ids": ids,
     }
-    return {
+    response = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model", "stub"),
         "prompt_token_ids": token_ids(prompt),
-        "policy_version": POLICY_VERSION,
         "choices": [choice],
         "usage": usage,
     }
+    if policy_version is not None:
+        response["policy_version"] = policy_version
+    return response
 
 
 class _StubHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(self, address: tuple[str, int], policy_version: str | None = POLICY_VERSION) -> None:
         super().__init__(address, _Handler)
+        self.policy_version = policy_version
         # (path, body) of every POST, in arrival order (bounded), for tests to look at.
         self.received: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=1000)
 
@@ -167,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --- chat.completions ---------------------------------------------------------------------
 
     def _chat(self, body: dict[str, Any]) -> None:
-        response = chat_completion(body)
+        response = chat_completion(body, self.server.policy_version)
         if not body.get("stream"):
             return self._json(200, response)
         base = {key: value for key, value in response.items() if key not in ("object", "choices", "usage")}
@@ -248,8 +252,9 @@ class _Handler(BaseHTTPRequestHandler):
             },
             "prompt_token_ids": token_ids(prompt),
             "output_token_ids": token_ids(completion),
-            "policy_version": POLICY_VERSION,
         }
+        if self.server.policy_version is not None:
+            response["policy_version"] = self.server.policy_version
         if not body.get("stream"):
             return self._json(200, response)
         in_progress = {**response, "status": "in_progress", "output": [], "usage": None}
@@ -296,8 +301,9 @@ class _Handler(BaseHTTPRequestHandler):
 class StubOpenAIServer:
     """The stub in a background thread: `with StubOpenAIServer() as server: server.base_url`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = _StubHTTPServer((host, port))
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, policy_version: str | None = POLICY_VERSION) -> None:
+        """`policy_version=None`: answer without one, as vLLM does."""
+        self._server = _StubHTTPServer((host, port), policy_version)
         self.received = self._server.received
         self.base_url = f"http://{host}:{self._server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._server.serve_forever, name="openai-stub", daemon=True)

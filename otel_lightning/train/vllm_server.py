@@ -15,7 +15,8 @@ Weights: the launched server runs with VLLM_SERVER_DEV_MODE=1, which opens vLLM'
 `/collective_rpc`; `reload_weights()` asks every worker to `reload_weights` from the served
 directory, then drops the prefix cache (`/reset_prefix_cache`), so the next request uses the new
 weights. vLLM does not report a policy version in its responses: `version` counts the reloads
-here, and a trainer tags the tasks it submits with it.
+here; submit tasks with `TaskPoolClient.submit(..., policy_version=str(server.version))` and their
+rollouts' spans (and so the transitions) carry it.
 """
 
 from __future__ import annotations

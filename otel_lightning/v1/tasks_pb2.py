@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dotel_lightning/v1/tasks.proto\x12\x11otel_lightning.v1\"X\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\x12\x12\n\ngroup_size\x18\x03 \x01(\r\x12\x17\n\x0fopenai_base_url\x18\x04 \x01(\t\"<\n\x12SubmitTasksRequest\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.otel_lightning.v1.Task\">\n\x13SubmitTasksResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x15\n\ralready_known\x18\x02 \x01(\r\"?\n\x0c\x43laimRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\x0e\n\x06wait_s\x18\x03 \x01(\x01\"\x9d\x01\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12\x0e\n\x06sample\x18\x04 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x12\n\nrollout_id\x18\x06 \x01(\t\x12\x0f\n\x07lease_s\x18\x07 \x01(\x01\x12\x17\n\x0fopenai_base_url\x18\x08 \x01(\t\"8\n\rClaimResponse\x12\'\n\x05lease\x18\x01 \x01(\x0b\x32\x18.otel_lightning.v1.Lease\"$\n\x10HeartbeatRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\"o\n\x0f\x43ompleteRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nerror_type\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x0f\n\x07requeue\x18\x05 \x01(\x08\"$\n\x10\x43ompleteResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"&\n\x13SampleStatesRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"q\n\x0bSampleState\x12\x0e\n\x06sample\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nrollout_id\x18\x06 \x01(\t\"G\n\x14SampleStatesResponse\x12/\n\x07samples\x18\x01 \x03(\x0b\x32\x1e.otel_lightning.v1.SampleState\"\x12\n\x10PoolStatsRequest\"I\n\tPoolStats\x12\x0e\n\x06queued\x18\x01 \x01(\r\x12\x0e\n\x06leased\x18\x02 \x01(\r\x12\x0c\n\x04\x64one\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r2\x89\x04\n\x08TaskPool\x12W\n\x06Submit\x12%.otel_lightning.v1.SubmitTasksRequest\x1a&.otel_lightning.v1.SubmitTasksResponse\x12J\n\x05\x43laim\x12\x1f.otel_lightning.v1.ClaimRequest\x1a .otel_lightning.v1.ClaimResponse\x12V\n\tHeartbeat\x12#.otel_lightning.v1.HeartbeatRequest\x1a$.otel_lightning.v1.HeartbeatResponse\x12S\n\x08\x43omplete\x12\".otel_lightning.v1.CompleteRequest\x1a#.otel_lightning.v1.CompleteResponse\x12J\n\x05Stats\x12#.otel_lightning.v1.PoolStatsRequest\x1a\x1c.otel_lightning.v1.PoolStats\x12_\n\x0cSampleStates\x12&.otel_lightning.v1.SampleStatesRequest\x1a\'.otel_lightning.v1.SampleStatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dotel_lightning/v1/tasks.proto\x12\x11otel_lightning.v1\"p\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\x12\x12\n\ngroup_size\x18\x03 \x01(\r\x12\x17\n\x0fopenai_base_url\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\"<\n\x12SubmitTasksRequest\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.otel_lightning.v1.Task\">\n\x13SubmitTasksResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x15\n\ralready_known\x18\x02 \x01(\r\"?\n\x0c\x43laimRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\x0e\n\x06wait_s\x18\x03 \x01(\x01\"\xb5\x01\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12\x0e\n\x06sample\x18\x04 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x12\n\nrollout_id\x18\x06 \x01(\t\x12\x0f\n\x07lease_s\x18\x07 \x01(\x01\x12\x17\n\x0fopenai_base_url\x18\x08 \x01(\t\x12\x16\n\x0epolicy_version\x18\t \x01(\t\"8\n\rClaimResponse\x12\'\n\x05lease\x18\x01 \x01(\x0b\x32\x18.otel_lightning.v1.Lease\"$\n\x10HeartbeatRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\"o\n\x0f\x43ompleteRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nerror_type\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x0f\n\x07requeue\x18\x05 \x01(\x08\"$\n\x10\x43ompleteResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"&\n\x13SampleStatesRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"q\n\x0bSampleState\x12\x0e\n\x06sample\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nrollout_id\x18\x06 \x01(\t\"G\n\x14SampleStatesResponse\x12/\n\x07samples\x18\x01 \x03(\x0b\x32\x1e.otel_lightning.v1.SampleState\"\x12\n\x10PoolStatsRequest\"I\n\tPoolStats\x12\x0e\n\x06queued\x18\x01 \x01(\r\x12\x0e\n\x06leased\x18\x02 \x01(\r\x12\x0c\n\x04\x64one\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r2\x89\x04\n\x08TaskPool\x12W\n\x06Submit\x12%.otel_lightning.v1.SubmitTasksRequest\x1a&.otel_lightning.v1.SubmitTasksResponse\x12J\n\x05\x43laim\x12\x1f.otel_lightning.v1.ClaimRequest\x1a .otel_lightning.v1.ClaimResponse\x12V\n\tHeartbeat\x12#.otel_lightning.v1.HeartbeatRequest\x1a$.otel_lightning.v1.HeartbeatResponse\x12S\n\x08\x43omplete\x12\".otel_lightning.v1.CompleteRequest\x1a#.otel_lightning.v1.CompleteResponse\x12J\n\x05Stats\x12#.otel_lightning.v1.PoolStatsRequest\x1a\x1c.otel_lightning.v1.PoolStats\x12_\n\x0cSampleStates\x12&.otel_lightning.v1.SampleStatesRequest\x1a\'.otel_lightning.v1.SampleStatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,35 +32,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'otel_lightning.v1.tasks_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASK']._serialized_start=52
-  _globals['_TASK']._serialized_end=140
-  _globals['_SUBMITTASKSREQUEST']._serialized_start=142
-  _globals['_SUBMITTASKSREQUEST']._serialized_end=202
-  _globals['_SUBMITTASKSRESPONSE']._serialized_start=204
-  _globals['_SUBMITTASKSRESPONSE']._serialized_end=266
-  _globals['_CLAIMREQUEST']._serialized_start=268
-  _globals['_CLAIMREQUEST']._serialized_end=331
-  _globals['_LEASE']._serialized_start=334
-  _globals['_LEASE']._serialized_end=491
-  _globals['_CLAIMRESPONSE']._serialized_start=493
-  _globals['_CLAIMRESPONSE']._serialized_end=549
-  _globals['_HEARTBEATREQUEST']._serialized_start=551
-  _globals['_HEARTBEATREQUEST']._serialized_end=587
-  _globals['_HEARTBEATRESPONSE']._serialized_start=589
-  _globals['_HEARTBEATRESPONSE']._serialized_end=623
-  _globals['_COMPLETEREQUEST']._serialized_start=625
-  _globals['_COMPLETEREQUEST']._serialized_end=736
-  _globals['_COMPLETERESPONSE']._serialized_start=738
-  _globals['_COMPLETERESPONSE']._serialized_end=774
-  _globals['_SAMPLESTATESREQUEST']._serialized_start=776
-  _globals['_SAMPLESTATESREQUEST']._serialized_end=814
-  _globals['_SAMPLESTATE']._serialized_start=816
-  _globals['_SAMPLESTATE']._serialized_end=929
-  _globals['_SAMPLESTATESRESPONSE']._serialized_start=931
-  _globals['_SAMPLESTATESRESPONSE']._serialized_end=1002
-  _globals['_POOLSTATSREQUEST']._serialized_start=1004
-  _globals['_POOLSTATSREQUEST']._serialized_end=1022
-  _globals['_POOLSTATS']._serialized_start=1024
-  _globals['_POOLSTATS']._serialized_end=1097
-  _globals['_TASKPOOL']._serialized_start=1100
-  _globals['_TASKPOOL']._serialized_end=1621
+  _globals['_TASK']._serialized_end=164
+  _globals['_SUBMITTASKSREQUEST']._serialized_start=166
+  _globals['_SUBMITTASKSREQUEST']._serialized_end=226
+  _globals['_SUBMITTASKSRESPONSE']._serialized_start=228
+  _globals['_SUBMITTASKSRESPONSE']._serialized_end=290
+  _globals['_CLAIMREQUEST']._serialized_start=292
+  _globals['_CLAIMREQUEST']._serialized_end=355
+  _globals['_LEASE']._serialized_start=358
+  _globals['_LEASE']._serialized_end=539
+  _globals['_CLAIMRESPONSE']._serialized_start=541
+  _globals['_CLAIMRESPONSE']._serialized_end=597
+  _globals['_HEARTBEATREQUEST']._serialized_start=599
+  _globals['_HEARTBEATREQUEST']._serialized_end=635
+  _globals['_HEARTBEATRESPONSE']._serialized_start=637
+  _globals['_HEARTBEATRESPONSE']._serialized_end=671
+  _globals['_COMPLETEREQUEST']._serialized_start=673
+  _globals['_COMPLETEREQUEST']._serialized_end=784
+  _globals['_COMPLETERESPONSE']._serialized_start=786
+  _globals['_COMPLETERESPONSE']._serialized_end=822
+  _globals['_SAMPLESTATESREQUEST']._serialized_start=824
+  _globals['_SAMPLESTATESREQUEST']._serialized_end=862
+  _globals['_SAMPLESTATE']._serialized_start=864
+  _globals['_SAMPLESTATE']._serialized_end=977
+  _globals['_SAMPLESTATESRESPONSE']._serialized_start=979
+  _globals['_SAMPLESTATESRESPONSE']._serialized_end=1050
+  _globals['_POOLSTATSREQUEST']._serialized_start=1052
+  _globals['_POOLSTATSREQUEST']._serialized_end=1070
+  _globals['_POOLSTATS']._serialized_start=1072
+  _globals['_POOLSTATS']._serialized_end=1145
+  _globals['_TASKPOOL']._serialized_start=1148
+  _globals['_TASKPOOL']._serialized_end=1669
 # @@protoc_insertion_point(module_scope)

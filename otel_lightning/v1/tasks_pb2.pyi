@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "input_json", "group_size", "openai_base_url")
+    __slots__ = ("task_id", "input_json", "group_size", "openai_base_url", "policy_version")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPENAI_BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     input_json: str
     group_size: int
     openai_base_url: str
-    def __init__(self, task_id: _Optional[str] = ..., input_json: _Optional[str] = ..., group_size: _Optional[int] = ..., openai_base_url: _Optional[str] = ...) -> None: ...
+    policy_version: str
+    def __init__(self, task_id: _Optional[str] = ..., input_json: _Optional[str] = ..., group_size: _Optional[int] = ..., openai_base_url: _Optional[str] = ..., policy_version: _Optional[str] = ...) -> None: ...
 
 class SubmitTasksRequest(_message.Message):
     __slots__ = ("tasks",)
@@ -43,7 +45,7 @@ class ClaimRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., lease_s: _Optional[float] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("lease_id", "task_id", "input_json", "sample", "attempt", "rollout_id", "lease_s", "openai_base_url")
+    __slots__ = ("lease_id", "task_id", "input_json", "sample", "attempt", "rollout_id", "lease_s", "openai_base_url", "policy_version")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +54,7 @@ class Lease(_message.Message):
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
     OPENAI_BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     task_id: str
     input_json: str
@@ -60,7 +63,8 @@ class Lease(_message.Message):
     rollout_id: str
     lease_s: float
     openai_base_url: str
-    def __init__(self, lease_id: _Optional[str] = ..., task_id: _Optional[str] = ..., input_json: _Optional[str] = ..., sample: _Optional[int] = ..., attempt: _Optional[int] = ..., rollout_id: _Optional[str] = ..., lease_s: _Optional[float] = ..., openai_base_url: _Optional[str] = ...) -> None: ...
+    policy_version: str
+    def __init__(self, lease_id: _Optional[str] = ..., task_id: _Optional[str] = ..., input_json: _Optional[str] = ..., sample: _Optional[int] = ..., attempt: _Optional[int] = ..., rollout_id: _Optional[str] = ..., lease_s: _Optional[float] = ..., openai_base_url: _Optional[str] = ..., policy_version: _Optional[str] = ...) -> None: ...
 
 class ClaimResponse(_message.Message):
     __slots__ = ("lease",)

@@ -93,7 +93,10 @@ class LightningAgentLoop(AgentLoopBase):
         await waiter.expect(task_id)
         base_url = self.openai_base_url or await self._replica_url(uid)
         task_input = self._task_input(kwargs)
-        await asyncio.to_thread(waiter.pool.submit, [(task_id, task_input)], 1, base_url)
+        # verl's replicas serve the weights of the training step the row was drawn for (v1 trainer).
+        step = _plain(kwargs.get("global_steps"))
+        version = "" if step is None else str(step)
+        await asyncio.to_thread(waiter.pool.submit, [(task_id, task_input)], 1, base_url, version)
         finished = await waiter.wait(task_id, self.timeout_s)
         return self._to_outputs(finished, time.monotonic() - started)
 

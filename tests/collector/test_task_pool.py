@@ -119,5 +119,6 @@ def test_a_store_from_before_task_base_urls_is_migrated(tmp_path):
         db.execute("INSERT INTO tasks VALUES ('old', '{}', 1, 0)")
     with CollectorServer(CollectorConfig(listen="127.0.0.1:0", store_path=path)) as server:
         pool = TaskPoolClient(server.address)
-        pool.submit([("new", {})], openai_base_url="http://h/v1")
-        assert pool.claim("w", lease_s=30).openai_base_url == "http://h/v1"
+        pool.submit([("new", {})], openai_base_url="http://h/v1", policy_version="3")
+        lease = pool.claim("w", lease_s=30)
+        assert (lease.openai_base_url, lease.policy_version) == ("http://h/v1", "3")

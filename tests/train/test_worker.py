@@ -9,6 +9,7 @@ import time
 import pytest
 
 from otel_lightning.task_client import TaskPoolClient
+from otel_lightning.testing.openai_stub import StubOpenAIServer
 from otel_lightning.worker import SubprocessAgent, Worker
 from tests.support import rollouts, transitions, wait_for_rollouts
 
@@ -137,3 +138,24 @@ def test_worker_task_timeout_ends_the_rollout_as_timeout(collector, otlp_export)
     otlp_export.flush()
     [done] = rollouts(wait_for_rollouts(collector.address, 1))
     assert (done.status, done.error_type) == ("failed", "TimeoutError")
+
+
+@pytest.mark.parametrize(("server_reports", "expected"), [(None, "7"), ("stub-1", "stub-1")])
+def test_a_tasks_policy_version_is_recorded_unless_the_server_names_one(
+    collector, otlp_export, tmp_path, server_reports, expected
+):
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT)
+    with StubOpenAIServer(policy_version=server_reports) as model_server:
+        agent = SubprocessAgent([sys.executable, str(script)], timeout_s=30, collector=collector.address)
+        worker = Worker(collector.address, agent, concurrency=1)
+        pool = TaskPoolClient(collector.address)
+        pool.submit(
+            [("ok", {"mode": "ok", "question": "What is 6*7?"})],
+            openai_base_url=model_server.base_url,
+            policy_version="7",
+        )
+        run_until_done(worker, pool, 1)
+    otlp_export.flush()
+    (step,) = transitions(wait_for_rollouts(collector.address, 1))
+    assert step.policy_version == expected

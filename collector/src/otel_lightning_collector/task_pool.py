@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     input_json TEXT NOT NULL,
     group_size INTEGER NOT NULL,
     submitted_ns INTEGER NOT NULL,
-    openai_base_url TEXT NOT NULL DEFAULT ''
+    openai_base_url TEXT NOT NULL DEFAULT '',
+    policy_version TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS samples (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE INDEX IF NOT EXISTS samples_by_state ON samples (state, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS samples_by_lease ON samples (lease_id);
 """
+# Task columns added after the first release, each TEXT NOT NULL DEFAULT ''.
+_ADDED_TASK_COLUMNS = ("openai_base_url", "policy_version")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class TaskSpec:
     input_json: str
     group_size: int = 1
     openai_base_url: str = ""
+    policy_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class LeaseInfo:
     rollout_id: str
     lease_s: float
     openai_base_url: str = ""
+    policy_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,10 +90,11 @@ class TaskPool:
         with store.transaction() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
-            # Stores written before tasks had a base URL.
+            # Stores written before tasks had these columns.
             columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-            if "openai_base_url" not in columns:
-                db.execute("ALTER TABLE tasks ADD COLUMN openai_base_url TEXT NOT NULL DEFAULT ''")
+            for added in _ADDED_TASK_COLUMNS:
+                if added not in columns:
+                    db.execute(f"ALTER TABLE tasks ADD COLUMN {added} TEXT NOT NULL DEFAULT ''")
 
     def submit(self, tasks: list[TaskSpec]) -> tuple[int, int]:
         """Add tasks (ids already present are left as they are); returns (accepted, already_known)."""
@@ -99,9 +105,17 @@ class TaskPool:
                 if not task.task_id:
                     raise ValueError("every task needs a non-empty task_id")
                 cursor = db.execute(
-                    "INSERT OR IGNORE INTO tasks (task_id, input_json, group_size, submitted_ns, openai_base_url)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (task.task_id, task.input_json, max(task.group_size, 1), now, task.openai_base_url),
+                    "INSERT OR IGNORE INTO tasks"
+                    " (task_id, input_json, group_size, submitted_ns, openai_base_url, policy_version)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        task.task_id,
+                        task.input_json,
+                        max(task.group_size, 1),
+                        now,
+                        task.openai_base_url,
+                        task.policy_version,
+                    ),
                 )
                 if cursor.rowcount:
                     accepted += 1
@@ -128,19 +142,22 @@ class TaskPool:
         lease_id, rollout_id = uuid.uuid4().hex, uuid.uuid4().hex
         with self.store.transaction() as db:
             row = db.execute(
-                "SELECT s.seq, s.task_id, s.sample, s.attempts, t.input_json, t.openai_base_url FROM samples s"
+                "SELECT s.seq, s.task_id, s.sample, s.attempts, t.input_json, t.openai_base_url, t.policy_version"
+                " FROM samples s"
                 " JOIN tasks t ON t.task_id = s.task_id WHERE s.state = ? ORDER BY s.seq LIMIT 1",
                 (QUEUED,),
             ).fetchone()
             if row is None:
                 return None
-            seq, task_id, sample, attempts, input_json, openai_base_url = row
+            seq, task_id, sample, attempts, input_json, openai_base_url, policy_version = row
             db.execute(
                 "UPDATE samples SET state = ?, lease_id = ?, lease_expires_ns = ?, lease_ns = ?, worker = ?,"
                 " rollout_id = ? WHERE seq = ?",
                 (LEASED, lease_id, time.time_ns() + int(lease_s * 1e9), int(lease_s * 1e9), worker, rollout_id, seq),
             )
-        return LeaseInfo(lease_id, task_id, input_json, sample, attempts, rollout_id, lease_s, openai_base_url)
+        return LeaseInfo(
+            lease_id, task_id, input_json, sample, attempts, rollout_id, lease_s, openai_base_url, policy_version
+        )
 
     def heartbeat(self, lease_id: str) -> bool:
         """Renew a lease for its own length; False when it already expired (the sample is requeued)."""

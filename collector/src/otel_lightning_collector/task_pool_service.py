@@ -18,7 +18,10 @@ class TaskPoolService(pb_grpc.TaskPoolServicer):
     def Submit(self, request: pb.SubmitTasksRequest, context: grpc.ServicerContext) -> pb.SubmitTasksResponse:  # noqa: N802
         try:
             accepted, known = self.pool.submit(
-                [TaskSpec(t.task_id, t.input_json, t.group_size or 1, t.openai_base_url) for t in request.tasks]
+                [
+                    TaskSpec(t.task_id, t.input_json, t.group_size or 1, t.openai_base_url, t.policy_version)
+                    for t in request.tasks
+                ]
             )
         except ValueError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -40,6 +43,7 @@ class TaskPoolService(pb_grpc.TaskPoolServicer):
                 rollout_id=lease.rollout_id,
                 lease_s=lease.lease_s,
                 openai_base_url=lease.openai_base_url,
+                policy_version=lease.policy_version,
             )
         )
 
