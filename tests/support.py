@@ -39,6 +39,23 @@ def rollouts(events: list[pb.StreamEvent]) -> list[pb.RolloutCompleted]:
     return [e.rollout for e in events if e.HasField("rollout")]
 
 
+def remove_openllmetry_openai_wrappers() -> None:
+    """Take off what OpenLLMetry's OpenAI instrumentor (0.62.4) leaves after `uninstrument()`: its
+    dotted unwrap paths do not resolve, so its wrappers of OpenAI's resource methods stay."""
+    import openai.resources.chat.completions as chat
+    import openai.resources.responses as responses
+    import wrapt
+    from opentelemetry.instrumentation.utils import unwrap
+
+    for cls in (chat.Completions, chat.AsyncCompletions, responses.Responses, responses.AsyncResponses):
+        for name, attribute in list(vars(cls).items()):
+            while isinstance(attribute, wrapt.FunctionWrapper) and getattr(
+                attribute._self_wrapper, "__module__", ""
+            ).startswith("opentelemetry.instrumentation.openai."):
+                unwrap(cls, name)
+                attribute = vars(cls)[name]
+
+
 class SpanFactory:
     """Spans of one rollout as an exporter would send them, built by hand."""
 
@@ -74,7 +91,9 @@ class SpanFactory:
             span.status.message = "boom"
         return span
 
-    def llm(self, prompt: str, answer: str, agent: str | None = None, **extra: Any) -> Span:
+    def llm(
+        self, prompt: str, answer: str, agent: str | None = None, parent: bytes | None = None, **extra: Any
+    ) -> Span:
         attributes = {
             semconv.SPAN_KIND: semconv.SPAN_KIND_LLM,
             semconv.GEN_AI_INPUT_MESSAGES: f'[{{"role":"user","content":"{prompt}"}}]',
@@ -83,7 +102,7 @@ class SpanFactory:
         }
         if agent:
             attributes[semconv.AGENT_NAME] = agent
-        return self._span("chat stub", attributes, parent=self.root_id)
+        return self._span("chat stub", attributes, parent=parent or self.root_id)
 
     def reward(self, value: float) -> Span:
         return self._span(

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ from otel_lightning.train.policies import MODELS, build_policy
 from otel_lightning.train.policy_server import PolicyServer
 from otel_lightning.train.sft import warm_start
 from otel_lightning.train.trainer import GRPOTrainer, RolloutGroups, TrainerConfig
-from otel_lightning.worker import Worker
+from otel_lightning.worker import SubprocessAgent, Worker
 from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_instrumentation_openai import OpenAIInstrumentor
 
@@ -56,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="SFT steps on mixed demonstrations before GRPO (default: 800 for tiny, none for smollm2)",
+    )
+    parser.add_argument(
+        "--agent-command",
+        help="train another agent, run per task in a subprocess under opentelemetry-instrument "
+        '(e.g. "python examples/langchain_agent/agent.py"); default: the calc agent, in process',
     )
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
@@ -157,7 +163,13 @@ def main(argv: list[str] | None = None) -> dict:
     server = PolicyServer(policy).start()
     os.environ["OPENAI_BASE_URL"] = server.base_url
     provider = setup_tracing(collector.address)
-    worker = Worker(collector.address, agent.run, concurrency=args.workers, lease_s=60)
+    run_agent = agent.run
+    if args.agent_command:
+        # Unchanged agent code: the subprocess gets the policy server as OPENAI_BASE_URL and exports its spans.
+        run_agent = SubprocessAgent(
+            shlex.split(args.agent_command), timeout_s=120, openai_base_url=server.base_url, collector=collector.address
+        )
+    worker = Worker(collector.address, run_agent, concurrency=args.workers, lease_s=180)
     worker_thread = worker.start_in_thread()
     pool = TaskPoolClient(collector.address)
     groups = RolloutGroups(TransitionStreamClient(collector.address, consumer="trainer", max_in_flight=4096))

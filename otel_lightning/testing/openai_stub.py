@@ -53,28 +53,45 @@ def _is_tool_result(message: dict[str, Any]) -> bool:
     return message.get("role") in ("tool", "function_call_output") or message.get("type") == "function_call_output"
 
 
+def _tool_name(tool: dict[str, Any]) -> str:
+    return (tool.get("function") or {}).get("name") or tool.get("name") or ""  # chat completions | responses
+
+
+def _handoff_arguments(tool: dict[str, Any], question: str) -> str:
+    """A handoff tool's arguments: the question for each required string parameter (a subagent called
+    as a tool takes the request), none for the Agents SDK's parameterless `transfer_to_*`."""
+    schema = (tool.get("function") or tool).get("parameters") or {}
+    properties = schema.get("properties") or {}
+    required = [name for name in schema.get("required") or [] if properties.get(name, {}).get("type") == "string"]
+    return json.dumps({name: question for name in required})
+
+
 def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> tuple[str | None, dict[str, Any] | None]:
     """(answer text, tool call) the stub policy gives for a conversation.
 
-    After a calculator result: answer with it. Else, with a calculator offered: call it on the
-    question's arithmetic; with only a `transfer_to_*` tool (an Agents SDK handoff): hand off;
-    otherwise answer the arithmetic directly.
+    After a calculator result: answer with it. After a handoff's result (`transfer_to_*`), an agent
+    without a calculator answers with it too (a supervisor reporting its subagent's answer). Else,
+    with a calculator offered: call it on the question's arithmetic; with only a `transfer_to_*`
+    tool: hand off; otherwise answer the arithmetic directly.
     """
     names = _tool_names_by_call_id(messages)
+    tool_names = [_tool_name(t) for t in tools]
     last = messages[-1] if messages else {}
     if _is_tool_result(last):
-        call_id = last.get("tool_call_id") or last.get("call_id") or ""
-        if not names.get(call_id, "").startswith("transfer_to_"):
-            return f"The answer is {_text_of(last.get('content') or last.get('output'))}.", None
-    users = [m for m in messages if m.get("role") == "user"]
-    question = _text_of(users[-1].get("content")) if users else ""
+        result = _text_of(last.get("content") or last.get("output"))
+        if not names.get(last.get("tool_call_id") or last.get("call_id") or "", "").startswith("transfer_to_"):
+            return f"The answer is {result}.", None
+        if "calculator" not in tool_names:
+            return result, None
+    # The latest user message with arithmetic in it: in a team, other agents speak as users too.
+    users = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+    question = next((text for text in reversed(users) if find_expression(text)), users[-1] if users else "")
     expression = find_expression(question)
-    tool_names = [t.get("function", {}).get("name") or t.get("name") for t in tools]
     if expression and "calculator" in tool_names:
         return None, {"name": "calculator", "arguments": json.dumps({"expression": expression})}
-    handoff = next((name for name in tool_names if name and name.startswith("transfer_to_")), None)
+    handoff = next((t for t in tools if _tool_name(t).startswith("transfer_to_")), None)
     if expression and handoff:
-        return None, {"name": handoff, "arguments": "{}"}
+        return None, {"name": _tool_name(handoff), "arguments": _handoff_arguments(handoff, question)}
     if expression:
         try:
             return f"The answer is {format_number(evaluate(expression))}.", None

@@ -206,3 +206,19 @@ def test_unwritable_store_answers_unavailable_and_keeps_what_it_has(collector, m
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "not writable" in caught.value.details()
     assert [r.rollout_id for r in rollouts(wait_for_rollouts(collector.address, 1))] == ["r-kept"]
+
+
+def test_an_llm_call_recorded_at_two_layers_is_one_step_the_inner_one(collector):
+    """A framework's LLM span with a client's LLM span inside (LangChain over the OpenAI client, each
+    instrumented by someone) is one call: the inner span, with token ids, is the step."""
+    spans = SpanFactory(rollout_id="r-layers")
+    outer = spans.llm("q", "framework view", agent="math")
+    inner = spans.llm("q", "wire view", parent=outer.span_id, **{semconv.RESPONSE_TOKEN_IDS: [1, 2]})
+    cycle_a, cycle_b = spans.llm("a", "b"), spans.llm("c", "d")  # a broken parent cycle must not hang
+    cycle_a.parent_span_id, cycle_b.parent_span_id = cycle_b.span_id, cycle_a.span_id
+    exporter(collector.address)(export_request(outer, inner, cycle_a, cycle_b, spans.reward(1.0), spans.root()))
+    steps = transitions(wait_for_rollouts(collector.address, 1))
+    layered = [t for t in steps if t.span_id in (outer.span_id.hex(), inner.span_id.hex())]
+    found = [(t.span_id, t.agent, list(t.response_token_ids)) for t in layered]
+    assert found == [(inner.span_id.hex(), "math", [1, 2])]
+    assert "wire view" in layered[0].action_json

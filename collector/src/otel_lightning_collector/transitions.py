@@ -58,6 +58,28 @@ def _action_json(step_attributes: dict[str, Any]) -> str:
     return json.dumps(outputs[0] if outputs else {}, ensure_ascii=False, separators=(",", ":"))
 
 
+def _innermost_llm_steps(steps: list[Step], spans: list[Span]) -> list[Step]:
+    """One step per LLM call: a framework's LLM span (LangChain's chat model run) with a client's
+    LLM span inside it (the OpenAI client, with token ids) is one call seen at two layers; the inner
+    span is the step, taking the outer one's agent if it names none."""
+    parent_of = {span.span_id: span.parent_span_id for span in spans}
+    by_id = {step.span.span_id: step for step in steps}
+    covered: set[bytes] = set()
+    for step in steps:
+        seen = {step.span.span_id}
+        parent = parent_of.get(step.span.span_id)
+        while parent and parent not in seen:  # `seen`: malformed input may hold a cycle
+            seen.add(parent)
+            outer = by_id.get(parent)
+            if outer is not None:
+                covered.add(parent)
+                if semconv.AGENT_NAME not in step.attributes:
+                    step.agent = outer.agent
+                break
+            parent = parent_of.get(parent)
+    return [step for step in steps if step.span.span_id not in covered]
+
+
 def agent_selector(patterns: Sequence[str]) -> Callable[[str], bool] | None:
     """Which agents to train, by name patterns (`fnmatch`: `coder`, `math*`); none given: every agent."""
     patterns = [p for p in patterns if p]
@@ -78,8 +100,9 @@ def build_rollout(
 ) -> BuiltRollout:
     """Transitions of one rollout, in step order, and its completion record.
 
-    LLM spans are the steps (failed LLM calls produce no action, so no transition); reward spans
-    are spread over the steps by `credit`; next_state is the next step of the same agent.
+    LLM spans are the steps (the innermost, where one call was recorded at two layers; failed LLM
+    calls produce no action, so no transition); reward spans are spread over the steps by
+    `credit`; next_state is the next step of the same agent.
     `trains_agent` selects the agents whose steps become transitions in multi-agent runs; what the
     others said stays in the conversation, as state.
     """
@@ -106,6 +129,7 @@ def build_rollout(
                 continue
             agent = str(found.get(semconv.AGENT_NAME) or semconv.DEFAULT_AGENT_NAME)
             steps.append(Step(span, found, agent))
+    steps = _innermost_llm_steps(steps, spans)
     steps.sort(key=lambda s: (s.span.end_time_unix_nano, s.span.start_time_unix_nano, s.span.span_id))
     rewards.sort()
 

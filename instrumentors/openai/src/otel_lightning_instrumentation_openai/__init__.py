@@ -35,6 +35,7 @@ from otel_lightning_instrumentation_openai.extract import CHAT_COMPLETIONS, RESP
 from otel_lightning_instrumentation_openai.llm_span import (
     SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY,
     LLMCall,
+    is_raw_response,
 )
 from otel_lightning_instrumentation_openai.package import _instruments
 from otel_lightning_instrumentation_openai.streaming import RecordedAsyncStream, RecordedStream
@@ -98,7 +99,7 @@ def _sync_wrapper(tracer: trace.Tracer, api: str) -> Any:
         except BaseException as error:
             call.fail(error)
             raise
-        if kwargs.get("stream") is True:
+        if kwargs.get("stream") is True and not is_raw_response(result):
             return RecordedStream(result, call)
         call.finish(result)
         return result
@@ -120,7 +121,7 @@ def _async_wrapper(tracer: trace.Tracer, api: str) -> Any:
         except BaseException as error:
             call.fail(error)
             raise
-        if kwargs.get("stream") is True:
+        if kwargs.get("stream") is True and not is_raw_response(result):
             return RecordedAsyncStream(result, call)
         call.finish(result)
         return result

@@ -35,10 +35,18 @@ def _live_foreign_genai_span(scope_name: str) -> trace.Span | None:
         return None
     if getattr(span, "end_time", None) is not None:
         return None
+    # A framework instrumentor's LLM span (LangChain's chat model run) is this call seen from above.
+    if attributes.get(semconv.SPAN_KIND) == semconv.SPAN_KIND_LLM:
+        return span
     # Agent and tool spans (ours from another framework instrumentor, or anyone's) are not model calls.
     if semconv.SPAN_KIND in attributes or attributes.get(semconv.GEN_AI_OPERATION_NAME) not in _MODEL_OPERATIONS:
         return None
     return span if any(marker in attributes for marker in _FOREIGN_GENAI_MARKERS) else None
+
+
+def is_raw_response(response: Any) -> bool:
+    """A `with_raw_response` result: the caller parses it (a raw stream's chunks are not seen here)."""
+    return hasattr(response, "http_response") and hasattr(response, "parse")
 
 
 class LLMCall:
@@ -72,6 +80,8 @@ class LLMCall:
         if self._ended:
             return
         try:
+            if is_raw_response(response):
+                response = response.parse()  # `with_raw_response` (LangChain uses it); parse() is cached
             data = response.model_dump() if hasattr(response, "model_dump") else dict(response or {})
             self.span.set_attributes(extract.response_attributes(self.api, data, self.capture_content))
         except Exception:
