@@ -166,8 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
     run_agent = agent.run
     if args.agent_command:
         # Unchanged agent code: the subprocess gets the policy server as OPENAI_BASE_URL and exports its spans.
+        command = shlex.split(args.agent_command)
+        if command[0] in ("python", "python3"):
+            command[0] = sys.executable  # this environment's, where the instrumentors are installed
         run_agent = SubprocessAgent(
-            shlex.split(args.agent_command), timeout_s=120, openai_base_url=server.base_url, collector=collector.address
+            command, timeout_s=120, openai_base_url=server.base_url, collector=collector.address
         )
     worker = Worker(collector.address, run_agent, concurrency=args.workers, lease_s=180)
     worker_thread = worker.start_in_thread()
