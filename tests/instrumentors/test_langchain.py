@@ -257,3 +257,25 @@ def test_the_example_runs_unchanged_under_opentelemetry_instrument(collector, ot
     steps = transitions(events)
     assert [t.agent for t in steps] == AGENTS_IN_ORDER
     assert all(t.response_token_ids for t in steps)
+
+
+def test_a_langgraph_graph_splits_transitions_by_node(collector, otlp_export):
+    """A hand-built LangGraph graph: each node that calls a model is an agent, named by the node."""
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    planner_model = ScriptedChatModel(messages=iter([AIMessage("Plan: add the numbers.")]))
+    writer_model = ScriptedChatModel(messages=iter([AIMessage("The answer is 42.")]))
+    graph = StateGraph(MessagesState)
+    graph.add_node("planner", lambda state: {"messages": [planner_model.invoke(state["messages"])]})
+    graph.add_node("writer", lambda state: {"messages": [writer_model.invoke(state["messages"])]})
+    graph.add_edge(START, "planner")
+    graph.add_edge("planner", "writer")
+    graph.add_edge("writer", END)
+    with ol.rollout("t1"):
+        graph.compile().invoke({"messages": [{"role": "user", "content": TASK["question"]}]})
+    otlp_export.flush()
+    planner, writer = transitions(wait_for_rollouts(collector.address, 1))
+    assert (planner.agent, writer.agent) == ("planner", "writer")
+    # What the planner said is the writer's state, not an action of the writer.
+    assert json.loads(writer.state_json)["messages"][-1]["content"] == "Plan: add the numbers."
+    assert json.loads(writer.action_json)["content"] == "The answer is 42."

@@ -77,12 +77,6 @@ def start_attributes(run: Any, capture: bool) -> dict[str, Any]:
         model = _request_model(run)
         if model:
             attributes[semconv.GEN_AI_REQUEST_MODEL] = model
-        if capture:
-            batches = (run.inputs or {}).get("messages") or [[]]
-            attributes[semconv.GEN_AI_INPUT_MESSAGES] = _openai_json(_messages(batches[0]))
-            tools = _tool_definitions(run)
-            if tools:
-                attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = json.dumps(tools, ensure_ascii=False, default=str)
     elif run.run_type == "tool":
         attributes[semconv.SPAN_KIND] = semconv.SPAN_KIND_TOOL
         attributes[semconv.GEN_AI_OPERATION_NAME] = "execute_tool"
@@ -109,18 +103,30 @@ def _tool_result(output: Any) -> str:
     return bounded(output if isinstance(output, str) else str(output))
 
 
+def _llm_messages(run: Any, outputs: Mapping[str, Any], recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """Messages in and out, written when the run ends: by then an OpenAI-level instrumentor that
+    joined the span has recorded the exact request and response, and nothing is converted twice."""
+    attributes: dict[str, Any] = {}
+    if semconv.GEN_AI_INPUT_MESSAGES not in recorded:
+        batches = (run.inputs or {}).get("messages") or [[]]
+        attributes[semconv.GEN_AI_INPUT_MESSAGES] = _openai_json(_messages(batches[0]))
+        tools = _tool_definitions(run)
+        if tools:
+            attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = json.dumps(tools, ensure_ascii=False, default=str)
+    if semconv.GEN_AI_OUTPUT_MESSAGES not in recorded:
+        generations = outputs.get("generations") or [[]]
+        first = generations[0][0] if generations and generations[0] else None
+        if isinstance(first, Mapping) and "message" in first:
+            attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = _openai_json(_messages([first["message"]]))
+    return attributes
+
+
 def end_attributes(run: Any, capture: bool, recorded: Mapping[str, Any]) -> dict[str, Any]:
     """Attributes known when the run ends. `recorded` is what the span has already: an OpenAI-level
     instrumentor that joined the span wrote the exact response, which is left as it is."""
     outputs = run.outputs or {}
     if run.run_type == "llm":
-        if not capture or semconv.GEN_AI_OUTPUT_MESSAGES in recorded:
-            return {}
-        generations = outputs.get("generations") or [[]]
-        first = generations[0][0] if generations and generations[0] else None
-        if not isinstance(first, Mapping) or "message" not in first:
-            return {}
-        return {semconv.GEN_AI_OUTPUT_MESSAGES: _openai_json(_messages([first["message"]]))}
+        return _llm_messages(run, outputs, recorded) if capture else {}
     if run.run_type == "tool" and capture and "output" in outputs:
         return {semconv.GEN_AI_TOOL_CALL_RESULT: _tool_result(outputs["output"])}
     return {}
