@@ -93,6 +93,7 @@ def langchain() -> Framework:
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
     from openinference.instrumentation.langchain import LangChainInstrumentor as OpenInference
+
     from otel_lightning_instrumentation_langchain import LangChainInstrumentor
 
     model = ChatOpenAI(model="m", api_key="x", base_url="http://model/v1", http_client=httpx2.Client(transport=_mock()))
@@ -113,6 +114,7 @@ def autogen() -> Framework:
     from autogen_core.models import ModelFamily, ModelInfo
     from autogen_ext.models.openai import OpenAIChatCompletionClient
     from openinference.instrumentation.autogen_agentchat import AutogenAgentChatInstrumentor as OpenInference
+
     from otel_lightning_instrumentation_autogen import AutoGenInstrumentor
 
     info = ModelInfo(

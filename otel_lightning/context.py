@@ -124,6 +124,16 @@ def _rollout_scope(info: RolloutInfo) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def attached(context: otel_context.Context) -> Iterator[None]:
+    """Make `context` the current one inside the block (instrumentors run framework code under it)."""
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextlib.contextmanager
 def policy_version_scope(version: str) -> Iterator[None]:
     """Name the policy version the LLM calls inside are served by, for model servers that do not
     report it in their responses (vLLM); a response that names a version wins."""

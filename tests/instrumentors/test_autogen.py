@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent
@@ -15,18 +13,14 @@ from autogen_agentchat.messages import TextMessage
 from autogen_core import FunctionCall
 from autogen_core.models import CreateResult, RequestUsage
 from autogen_ext.models.replay import ReplayChatCompletionClient
-from otel_lightning_instrumentation_autogen import AutoGenInstrumentor
 
 import otel_lightning as ol
 from examples.autogen_team.agent import build_team, calculator, default_model, solve
 from otel_lightning import semconv
-from otel_lightning.task_client import TaskPoolClient
-from otel_lightning.worker import SubprocessAgent, Worker
+from otel_lightning_instrumentation_autogen import AutoGenInstrumentor
+from tests.instrumentors.framework_support import EXAMPLES, TASK, by_kind, run_example_through_worker
 from tests.support import rollouts, transitions, wait_for_rollouts
-from tests.train.test_worker import run_until_done
 
-TASK = {"question": "What is 17+25?", "answer": "42"}
-EXAMPLE = Path(__file__).parents[2] / "examples" / "autogen_team" / "agent.py"
 AGENTS_IN_ORDER = ["triage", "math", "math"]
 
 
@@ -44,9 +38,6 @@ def model_server(openai_stub, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
     monkeypatch.setenv(semconv.ENV_REQUEST_TOKEN_IDS, "true")
 
-
-def by_kind(spans, kind):
-    return sorted((s for s in spans if s.attributes.get(semconv.SPAN_KIND) == kind), key=lambda s: s.start_time)
 
 
 def test_agent_turns_model_calls_tools_and_the_handoff_become_spans(memory_exporter):
@@ -176,15 +167,7 @@ def test_with_openinferences_instrumentor_too_each_call_is_one_transition(collec
 
 def test_the_example_runs_unchanged_under_opentelemetry_instrument(collector, otlp_export, openai_stub):
     """`otel-lightning worker -- python examples/autogen_team/agent.py`: entry points do everything."""
-    agent = SubprocessAgent(
-        [sys.executable, str(EXAMPLE)], timeout_s=60, openai_base_url=openai_stub.base_url, collector=collector.address
-    )
-    worker = Worker(collector.address, agent, concurrency=1)
-    pool = TaskPoolClient(collector.address)
-    pool.submit([("t-sub", TASK)])
-    run_until_done(worker, pool, 1)
-    otlp_export.flush()
-    events = wait_for_rollouts(collector.address, 1, timeout_s=20)
+    events = run_example_through_worker(EXAMPLES / "autogen_team" / "agent.py", collector, otlp_export, openai_stub)
     (done,) = rollouts(events)
     assert (done.status, done.total_reward) == ("succeeded", 1.0), done
     steps = transitions(events)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,18 +14,14 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langchain_openai import ChatOpenAI
 from openinference.instrumentation.langchain import LangChainInstrumentor as OpenInferenceLangChain
-from otel_lightning_instrumentation_langchain import LangChainInstrumentor
 
 import otel_lightning as ol
 from examples.langchain_agent.agent import build_agent, calculator, solve
 from otel_lightning import semconv
-from otel_lightning.task_client import TaskPoolClient
-from otel_lightning.worker import SubprocessAgent, Worker
+from otel_lightning_instrumentation_langchain import LangChainInstrumentor
+from tests.instrumentors.framework_support import EXAMPLES, TASK, by_kind, run_example_through_worker
 from tests.support import remove_openllmetry_openai_wrappers, rollouts, transitions, wait_for_rollouts
-from tests.train.test_worker import run_until_done
 
-TASK = {"question": "What is 17+25?", "answer": "42"}
-EXAMPLE = Path(__file__).parents[2] / "examples" / "langchain_agent" / "agent.py"
 AGENTS_IN_ORDER = ["supervisor", "math", "math", "supervisor"]
 
 
@@ -45,9 +39,6 @@ def model_server(openai_stub, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
     monkeypatch.setenv(semconv.ENV_REQUEST_TOKEN_IDS, "true")
 
-
-def by_kind(spans, kind):
-    return sorted((s for s in spans if s.attributes.get(semconv.SPAN_KIND) == kind), key=lambda s: s.start_time)
 
 
 class ScriptedChatModel(GenericFakeChatModel):
@@ -243,15 +234,7 @@ def test_with_openllmetrys_openai_instrumentor_too_each_call_is_one_transition(c
 
 def test_the_example_runs_unchanged_under_opentelemetry_instrument(collector, otlp_export, openai_stub):
     """`otel-lightning worker -- python examples/langchain_agent/agent.py`: entry points do everything."""
-    agent = SubprocessAgent(
-        [sys.executable, str(EXAMPLE)], timeout_s=60, openai_base_url=openai_stub.base_url, collector=collector.address
-    )
-    worker = Worker(collector.address, agent, concurrency=1)
-    pool = TaskPoolClient(collector.address)
-    pool.submit([("t-sub", TASK)])
-    run_until_done(worker, pool, 1)
-    otlp_export.flush()
-    events = wait_for_rollouts(collector.address, 1, timeout_s=20)
+    events = run_example_through_worker(EXAMPLES / "langchain_agent" / "agent.py", collector, otlp_export, openai_stub)
     (done,) = rollouts(events)
     assert (done.status, done.total_reward) == ("succeeded", 1.0), done
     steps = transitions(events)

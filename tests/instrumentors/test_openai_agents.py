@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import agents
 import pytest
@@ -15,15 +13,10 @@ from openai import AsyncOpenAI
 import otel_lightning as ol
 from examples.openai_agents.agent import build_agents, solve
 from otel_lightning import semconv
-from otel_lightning.task_client import TaskPoolClient
-from otel_lightning.worker import SubprocessAgent, Worker
 from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_instrumentation_openai_agents import OpenAIAgentsInstrumentor
+from tests.instrumentors.framework_support import EXAMPLES, TASK, by_kind, run_example_through_worker
 from tests.support import rollouts, transitions, wait_for_rollouts
-from tests.train.test_worker import run_until_done
-
-TASK = {"question": "What is 17+25?", "answer": "42"}
-EXAMPLE = Path(__file__).parents[2] / "examples" / "openai_agents" / "agent.py"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,9 +33,6 @@ def model_server(openai_stub, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", openai_stub.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
 
-
-def by_kind(spans, kind):
-    return [s for s in spans if s.attributes.get(semconv.SPAN_KIND) == kind]
 
 
 def test_agents_tools_and_handoffs_become_spans_around_the_llm_calls(memory_exporter):
@@ -120,18 +110,11 @@ def test_the_collector_can_train_only_some_agents(tmp_path, route_spans):
 
 def test_the_example_runs_unchanged_under_opentelemetry_instrument(collector, otlp_export, openai_stub):
     """`otel-lightning worker -- python examples/openai_agents/agent.py`: entry points do everything."""
-    agent = SubprocessAgent(
-        [sys.executable, str(EXAMPLE)], timeout_s=60, openai_base_url=openai_stub.base_url, collector=collector.address
-    )
-    worker = Worker(collector.address, agent, concurrency=1)
-    pool = TaskPoolClient(collector.address)
-    pool.submit([("t-sub", TASK)])
-    run_until_done(worker, pool, 1)
-    otlp_export.flush()
-    events = wait_for_rollouts(collector.address, 1, timeout_s=20)
+    events = run_example_through_worker(EXAMPLES / "openai_agents" / "agent.py", collector, otlp_export, openai_stub)
     (done,) = rollouts(events)
     assert (done.status, done.total_reward) == ("succeeded", 1.0), done
-    assert [t.agent for t in transitions(events)] == ["Triage", "Math", "Math"]
+    steps = transitions(events)
+    assert [t.agent for t in steps] == ["Triage", "Math", "Math"]
 
 
 @agents.input_guardrail

@@ -25,20 +25,12 @@ from opentelemetry.trace import Status, StatusCode
 
 from otel_lightning import semconv
 from otel_lightning.content import bounded, capture_content_enabled
+from otel_lightning.context import attached
 from otel_lightning_instrumentation_autogen import messages
 
 logger = logging.getLogger(__name__)
 
 _AUTOGEN_TOOL_OPERATION = "execute_tool"
-
-
-@contextlib.contextmanager
-def _attached(context: otel_context.Context) -> Iterator[None]:
-    token = otel_context.attach(context)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
 
 
 def _agent_context(agent: str | None, context: otel_context.Context | None = None) -> otel_context.Context:
@@ -56,7 +48,7 @@ def _agent_turn(turn: Any, agent: str | None) -> Iterator[Any]:
             span.set_attributes({semconv.SPAN_KIND: semconv.SPAN_KIND_AGENT, semconv.AGENT_NAME: agent or ""})
         except Exception:
             logger.warning("otel-lightning could not mark an AutoGen agent span", exc_info=True)
-        with _attached(_agent_context(agent)):
+        with attached(_agent_context(agent)):
             yield span
 
 
@@ -116,7 +108,7 @@ async def _recorded_model_call(tracer: trace.Tracer, steps: AsyncIterator[Any], 
     output: dict[str, Any] | None = None
     try:
         while True:
-            with _attached(context):
+            with attached(context):
                 try:
                     item = await steps.__anext__()
                 except StopAsyncIteration:
@@ -134,7 +126,7 @@ async def _recorded_model_call(tracer: trace.Tracer, steps: AsyncIterator[Any], 
         if output is not None and capture_content_enabled() and semconv.GEN_AI_OUTPUT_MESSAGES not in recorded:
             span.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, messages.dumps([output]))
         span.end()
-        with _attached(context):
+        with attached(context):
             await steps.aclose()
 
 

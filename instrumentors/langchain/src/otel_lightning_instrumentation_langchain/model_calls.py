@@ -8,7 +8,6 @@ ids) joins the run's span instead of floating beside it, and carries the agent's
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,6 +17,7 @@ from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 
 from otel_lightning import semconv
+from otel_lightning.context import attached
 from otel_lightning_instrumentation_langchain import runs
 from otel_lightning_instrumentation_langchain.run_spans import RunSpan, RunSpans
 
@@ -27,15 +27,6 @@ def _context_for(span: trace.Span, agent: str | None) -> otel_context.Context:
     if agent:
         context = baggage.set_baggage(semconv.BAGGAGE_AGENT_NAME, agent, context)
     return context
-
-
-@contextlib.contextmanager
-def _attached(context: otel_context.Context) -> Iterator[None]:
-    token = otel_context.attach(context)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
 
 
 def _run_manager(args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -48,7 +39,7 @@ def generate(open_runs: RunSpans) -> Any:
         found = open_runs.get(getattr(_run_manager(args, kwargs), "run_id", None))
         if found is None:
             return wrapped(*args, **kwargs)
-        with _attached(_context_for(found.span, found.agent)):
+        with attached(_context_for(found.span, found.agent)):
             return wrapped(*args, **kwargs)
 
     return wrapper
@@ -59,7 +50,7 @@ def agenerate(open_runs: RunSpans) -> Any:
         found = open_runs.get(getattr(_run_manager(args, kwargs), "run_id", None))
         if found is None:
             return await wrapped(*args, **kwargs)
-        with _attached(_context_for(found.span, found.agent)):
+        with attached(_context_for(found.span, found.agent)):
             return await wrapped(*args, **kwargs)
 
     return wrapper
@@ -79,14 +70,14 @@ def stream(open_runs: RunSpans) -> Any:
         chunks = wrapped(*args, **kwargs)
         try:
             while True:
-                with _attached(context):
+                with attached(context):
                     try:
                         chunk = next(chunks)
                     except StopIteration:
                         return
                 yield chunk
         finally:
-            with _attached(context):
+            with attached(context):
                 chunks.close()
 
     return wrapper
@@ -101,14 +92,14 @@ def astream(open_runs: RunSpans) -> Any:
             chunks = wrapped(*args, **kwargs)
             try:
                 while True:
-                    with _attached(context):
+                    with attached(context):
                         try:
                             chunk = await chunks.__anext__()
                         except StopAsyncIteration:
                             return
                     yield chunk
             finally:
-                with _attached(context):
+                with attached(context):
                     await chunks.aclose()
 
         return steps()

@@ -43,9 +43,6 @@ class RunSpans:
         with self._lock:
             return self._open.get(run_id)
 
-    def __len__(self) -> int:
-        return len(self._open)
-
 
 class RunSpan(trace.Span):
     """Stands for the span of a run that has not started yet.
