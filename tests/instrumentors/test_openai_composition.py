@@ -9,6 +9,7 @@ import pytest
 
 from otel_lightning import semconv
 from otel_lightning_instrumentation_openai import OpenAIInstrumentor
+from tests.support import remove_openllmetry_openai_wrappers
 
 OTHERS = {
     "contrib-openai-v2": "opentelemetry.instrumentation.openai_v2",
@@ -44,6 +45,7 @@ def test_one_span_per_call_with_another_openai_instrumentor(memory_exporter, ope
     finally:
         for instrumentor in reversed(order):
             instrumentor.uninstrument()
+            remove_openllmetry_openai_wrappers()  # what OpenLLMetry's uninstrument leaves, peeled in order
         ours.instrument()
     [span] = genai_spans(memory_exporter)
     assert span.attributes[semconv.SPAN_KIND] == semconv.SPAN_KIND_LLM

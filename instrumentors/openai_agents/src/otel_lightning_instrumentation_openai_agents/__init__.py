@@ -18,16 +18,14 @@ does by default) — and leaves them as they are.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Collection
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
-from opentelemetry.instrumentation.utils import unwrap
-from wrapt import register_post_import_hook, wrap_function_wrapper
 
 from otel_lightning import ensure_rollout_processor
+from otel_lightning.lazy_patches import LazyPatches, Patch
 from otel_lightning_instrumentation_openai_agents.package import _instruments
 from otel_lightning_instrumentation_openai_agents.processor import LightningTracingProcessor
 from otel_lightning_instrumentation_openai_agents.version import __version__
@@ -61,6 +59,7 @@ class OpenAIAgentsInstrumentor(BaseInstrumentor):
     """Mirrors the OpenAI Agents SDK's agent, tool, handoff and guardrail spans for otel-lightning."""
 
     _processor: LightningTracingProcessor | None = None
+    _patches: LazyPatches | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
@@ -70,26 +69,24 @@ class OpenAIAgentsInstrumentor(BaseInstrumentor):
         ensure_rollout_processor(tracer_provider)
         tracer = trace.get_tracer(SCOPE_NAME, __version__, tracer_provider=tracer_provider)
         processor = LightningTracingProcessor(tracer)
-        type(self)._processor = processor
-
-        def wrap_dispatch(module: Any) -> None:
-            if type(self)._processor is processor:  # not uninstrumented before the SDK was imported
-                wrap_function_wrapper(module, f"{_DISPATCH_CLASS}.on_span_start", _before(processor))
-                wrap_function_wrapper(module, f"{_DISPATCH_CLASS}.on_span_end", _after(processor))
-
         # When the agent imports the SDK (now, if it has): a process that never uses it pays nothing,
         # which matters under `opentelemetry-instrument`, where every installed instrumentor runs.
-        register_post_import_hook(wrap_dispatch, _DISPATCH)
+        patches = LazyPatches(
+            [
+                Patch(_DISPATCH, f"{_DISPATCH_CLASS}.on_span_start", _before(processor)),
+                Patch(_DISPATCH, f"{_DISPATCH_CLASS}.on_span_end", _after(processor)),
+            ]
+        )
+        patches.apply()
+        type(self)._processor, type(self)._patches = processor, patches
 
     def _uninstrument(self, **kwargs: Any) -> None:
         processor, type(self)._processor = type(self)._processor, None
         if processor is not None:
             processor.enabled = False
-        module = sys.modules.get(_DISPATCH)
-        if module is not None:
-            dispatch = getattr(module, _DISPATCH_CLASS)
-            unwrap(dispatch, "on_span_start")
-            unwrap(dispatch, "on_span_end")
+        patches, type(self)._patches = type(self)._patches, None
+        if patches is not None:
+            patches.remove()
 
 
 __all__ = ["OpenAIAgentsInstrumentor", "__version__"]
