@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as OTLPHttpSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -73,12 +74,15 @@ def collector(tmp_path: Path) -> Iterator[CollectorServer]:
 
 
 class OtlpExport:
-    """The test's spans go over real OTLP/gRPC to a collector; `flush()` waits for the acks."""
+    """The test's spans go over real OTLP (gRPC, or HTTP to an `http://.../v1/traces` URL) to a
+    collector; `flush()` waits for the acks."""
 
     def __init__(self, address: str) -> None:
-        self.processor = BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=f"http://{address}", insecure=True), schedule_delay_millis=50
-        )
+        if address.startswith("http://"):
+            exporter = OTLPHttpSpanExporter(endpoint=address)
+        else:
+            exporter = OTLPSpanExporter(endpoint=f"http://{address}", insecure=True)
+        self.processor = BatchSpanProcessor(exporter, schedule_delay_millis=50)
 
     def flush(self) -> None:
         assert self.processor.force_flush(10_000), "spans were not exported within 10 s"
@@ -111,7 +115,8 @@ def _openai_instrumented() -> Iterator[None]:
 
 @pytest.fixture
 def route_spans() -> Iterator:
-    """`route(address)` sends the test's spans over OTLP to that collector (for code that starts its own)."""
+    """`route(address)` sends the test's spans over OTLP to that collector (for code that starts its own;
+    an `http://.../v1/traces` address: over OTLP/HTTP)."""
     exports: list[OtlpExport] = []
 
     def route(address: str) -> BatchSpanProcessor:

@@ -61,7 +61,7 @@ def test_shuffled_duplicated_and_split_exports_give_the_same_transitions(tmp_pat
             response = export(export_request(spans[-1], spans[0]))
             assert not response.partial_success.rejected_spans
             events = wait_for_rollouts(server.address, 1)
-            assert server.receiver.counters.spans_duplicate == 6
+            assert server.indexer.counters.spans_duplicate == 6
         results.append(summary(events))
     assert results[0] == results[1] == results[2]
     # Rewards that follow individual steps are credited per step ("auto" rule).
@@ -75,7 +75,8 @@ def test_spans_after_completion_are_kept_as_late_not_lost(collector):
     export(export_request(spans.llm("q", "a"), spans.root()))
     wait_for_rollouts(collector.address, 1)
     export(export_request(spans.llm("q-late", "a-late")))
-    assert collector.receiver.counters.spans_late == 1
+    assert collector.flush()
+    assert collector.indexer.counters.spans_late == 1
     assert collector.store.rollout("r-late").late_span_count == 1
     assert len(transitions(wait_for_rollouts(collector.address, 1))) == 1
 
@@ -162,14 +163,14 @@ def test_overloaded_collector_answers_unavailable_which_exporters_retry(tmp_path
     config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "busy.db", max_concurrent_exports=1)
     with CollectorServer(config) as server:
         entered, release = threading.Event(), threading.Event()
-        real_ingest = server.store.ingest
+        real_append = server.store.append_batch
 
-        def slow_ingest(records):
+        def slow_append(raw):
             entered.set()
             release.wait(10)
-            return real_ingest(records)
+            return real_append(raw)
 
-        monkeypatch.setattr(server.store, "ingest", slow_ingest)
+        monkeypatch.setattr(server.store, "append_batch", slow_append)
         first = SpanFactory(rollout_id="r-first")
         export = exporter(server.address)
         pending = export.future(export_request(first.llm("q", "a"), first.root()))
@@ -180,7 +181,7 @@ def test_overloaded_collector_answers_unavailable_which_exporters_retry(tmp_path
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         release.set()
         pending.result(timeout=10)
-        monkeypatch.setattr(server.store, "ingest", real_ingest)
+        monkeypatch.setattr(server.store, "append_batch", real_append)
         export(export_request(second.llm("q", "a"), second.root()))  # the retry goes through
         assert sorted(r.rollout_id for r in rollouts(wait_for_rollouts(server.address, 2))) == [
             "r-first",
@@ -196,16 +197,61 @@ def test_unwritable_store_answers_unavailable_and_keeps_what_it_has(collector, m
     export(export_request(spans.llm("q", "a"), spans.root()))
     wait_for_rollouts(collector.address, 1)
 
-    def disk_full(records):
+    def disk_full(raw):
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(collector.store, "ingest", disk_full)
+    monkeypatch.setattr(collector.store, "append_batch", disk_full)
     other = SpanFactory(rollout_id="r-refused")
     with pytest.raises(grpc.RpcError) as caught:
         export(export_request(other.llm("q", "a"), other.root()))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "not writable" in caught.value.details()
     assert [r.rollout_id for r in rollouts(wait_for_rollouts(collector.address, 1))] == ["r-kept"]
+
+
+def test_a_backlog_of_unindexed_spans_is_refused_as_retryable_until_it_drains(tmp_path, monkeypatch):
+    import threading
+
+    from otel_lightning_collector import CollectorConfig, CollectorServer
+
+    config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "backlog.db", max_pending_spans=2)
+    with CollectorServer(config) as server:
+        release = threading.Event()
+        real_ingest = server.store.ingest
+
+        def stuck_ingest(records, batch_ids=()):
+            release.wait(10)
+            return real_ingest(records, batch_ids)
+
+        monkeypatch.setattr(server.store, "ingest", stuck_ingest)
+        export = exporter(server.address)
+        first, second = SpanFactory(rollout_id="r-first"), SpanFactory(rollout_id="r-second")
+        export(export_request(first.llm("q", "a"), first.root()))  # acknowledged: committed whole
+        with pytest.raises(grpc.RpcError) as caught:
+            export(export_request(second.llm("q", "a"), second.root()))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "waiting to be indexed" in caught.value.details()
+        release.set()
+        assert server.flush()
+        export(export_request(second.llm("q", "a"), second.root()))
+        assert sorted(r.rollout_id for r in rollouts(wait_for_rollouts(server.address, 2))) == ["r-first", "r-second"]
+
+
+def test_acknowledged_requests_not_yet_indexed_are_indexed_after_a_restart(tmp_path):
+    from otel_lightning_collector import CollectorConfig, CollectorServer
+    from otel_lightning_collector.store import Store
+
+    # What a collector killed between acknowledging and indexing leaves behind: the batch alone.
+    spans = SpanFactory(rollout_id="r-crashed")
+    store = Store(tmp_path / "crash.db")
+    store.append_batch(export_request(spans.llm("q", "a"), spans.reward(1.0), spans.root()).SerializeToString())
+    store.close()
+    config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "crash.db")
+    with CollectorServer(config) as server:
+        events = wait_for_rollouts(server.address, 1)
+        assert server.store.pending_batch_ids() == []
+    [step] = transitions(events)
+    assert (step.rollout_id, step.reward) == ("r-crashed", 1.0)
 
 
 def test_an_llm_call_recorded_at_two_layers_is_one_step_the_inner_one(collector):

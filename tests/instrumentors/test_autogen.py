@@ -39,7 +39,6 @@ def model_server(openai_stub, monkeypatch):
     monkeypatch.setenv(semconv.ENV_REQUEST_TOKEN_IDS, "true")
 
 
-
 def test_agent_turns_model_calls_tools_and_the_handoff_become_spans(memory_exporter):
     with ol.rollout("t1"):
         answer = asyncio.run(solve(TASK))
@@ -119,8 +118,11 @@ def test_a_replay_model_is_recorded_by_autogen_alone(collector, otlp_export):
 async def streamed_team() -> list[str]:
     model = default_model()
     try:
-        return [m.content async for m in build_team(model, stream=True).run_stream(task=TASK["question"])
-                if isinstance(m, TextMessage)]
+        return [
+            m.content
+            async for m in build_team(model, stream=True).run_stream(task=TASK["question"])
+            if isinstance(m, TextMessage)
+        ]
     finally:
         await model.close()
 

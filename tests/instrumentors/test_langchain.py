@@ -40,7 +40,6 @@ def model_server(openai_stub, monkeypatch):
     monkeypatch.setenv(semconv.ENV_REQUEST_TOKEN_IDS, "true")
 
 
-
 class ScriptedChatModel(GenericFakeChatModel):
     """LangChain's fake chat model, able to stand in for a tool-calling model."""
 

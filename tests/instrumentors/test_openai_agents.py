@@ -34,7 +34,6 @@ def model_server(openai_stub, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
 
 
-
 def test_agents_tools_and_handoffs_become_spans_around_the_llm_calls(memory_exporter):
     with ol.rollout("t1"):
         answer = asyncio.run(solve(TASK))

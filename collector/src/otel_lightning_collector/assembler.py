@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from otel_lightning_collector.credit import credit_rule
+from otel_lightning_collector.export_activity import ExportActivity
 from otel_lightning_collector.notifier import Notifier
 from otel_lightning_collector.store import EVENT_ROLLOUT, EVENT_TRANSITION, Completion, RolloutRow, Store
 from otel_lightning_collector.transitions import INCOMPLETE, SUCCEEDED, agent_selector, build_rollout
@@ -16,7 +17,9 @@ from otel_lightning_collector.transitions import INCOMPLETE, SUCCEEDED, agent_se
 logger = logging.getLogger(__name__)
 
 _STOP = object()
-_BATCH = 256
+_BATCH = 32
+# Deferral to in-flight exports (see ExportActivity), bounded.
+_MAX_DEFER_S = 0.2
 
 
 class RolloutAssembler:
@@ -35,7 +38,9 @@ class RolloutAssembler:
         rollout_timeout_s: float = 600.0,
         sweep_interval_s: float = 1.0,
         train_agents: Sequence[str] = (),
+        activity: ExportActivity | None = None,
     ) -> None:
+        self.activity = activity or ExportActivity()
         self.store = store
         self.notifier = notifier
         self.credit = credit_rule(credit)
@@ -68,6 +73,7 @@ class RolloutAssembler:
             if batch is None:
                 return
             if batch:
+                self.activity.wait_quiet(_MAX_DEFER_S)
                 self._complete_safely(batch)
             if time.monotonic() >= next_sweep:
                 self._sweep()

@@ -23,6 +23,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="host:port for OTLP/gRPC and the transition stream (env LIGHTNING_COLLECTOR_LISTEN)",
     )
     parser.add_argument(
+        "--http-listen",
+        default=_env("LIGHTNING_COLLECTOR_HTTP_LISTEN", "127.0.0.1:4318"),
+        help="host:port for OTLP/HTTP (/v1/traces, protobuf or JSON); 'off' to disable"
+        " (env LIGHTNING_COLLECTOR_HTTP_LISTEN)",
+    )
+    parser.add_argument(
+        "--forward-to",
+        default=_env("LIGHTNING_FORWARD_TO", ""),
+        help="also pass every span received on to this OTLP endpoint: host:port (gRPC) or"
+        " http://host:4318/v1/traces (env LIGHTNING_FORWARD_TO)",
+    )
+    parser.add_argument(
         "--store",
         default=_env("LIGHTNING_STORE", "otel-lightning.db"),
         help="SQLite file holding spans, rollouts and transitions (env LIGHTNING_STORE)",
@@ -70,6 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = CollectorConfig(
         listen=args.listen,
+        http_listen=None if args.http_listen.lower() in ("", "off", "none") else args.http_listen,
+        forward_to=args.forward_to or None,
         store_path=args.store,
         credit=args.credit,
         settle_s=args.settle_ms / 1000.0,
@@ -79,7 +93,12 @@ def _run(args: argparse.Namespace) -> int:
         train_agents=tuple(p.strip() for p in args.train_agents.split(",") if p.strip()),
     )
     server = CollectorServer(config).start()
-    print(f"otel-lightning collector listening on {server.address} (store: {config.store_path})", flush=True)
+    http = f", OTLP/HTTP on {server.http.endpoint}" if server.http else ""
+    forward = f", forwarding to {config.forward_to}" if config.forward_to else ""
+    print(
+        f"otel-lightning collector listening on {server.address}{http}{forward} (store: {config.store_path})",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:
         server.wait()

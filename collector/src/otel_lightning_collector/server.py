@@ -1,4 +1,4 @@
-"""CollectorServer: the store, the assembler and both gRPC services on one port."""
+"""CollectorServer: the store, the pipeline behind it, the gRPC services on one port, OTLP/HTTP on another."""
 
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ import grpc
 
 from otel_lightning.v1 import tasks_pb2_grpc as pb_grpc
 from otel_lightning_collector.assembler import RolloutAssembler
+from otel_lightning_collector.export_activity import ExportActivity
+from otel_lightning_collector.forwarder import OtlpForwarder
+from otel_lightning_collector.indexer import SpanIndexer
 from otel_lightning_collector.notifier import Notifier
+from otel_lightning_collector.otlp_http import OtlpHttpReceiver
 from otel_lightning_collector.otlp_receiver import OtlpTraceReceiver
 from otel_lightning_collector.store import Store
 from otel_lightning_collector.stream_service import TransitionStreamService
 from otel_lightning_collector.task_pool import TaskPool
 from otel_lightning_collector.task_pool_service import TaskPoolService
+from otel_lightning_collector.trace_intake import TraceIntake
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,13 @@ class CollectorConfig:
     durability: str = "normal"  # "normal": survives a killed process; "full": also power loss
     max_workers: int = 32
     max_concurrent_exports: int = 16
+    # OTLP/HTTP (`/v1/traces`) on this host:port too; None: gRPC only.
+    http_listen: str | None = None
+    # Pass every export request on to this OTLP endpoint (host:port for gRPC, http://.../v1/traces).
+    forward_to: str | None = None
+    forward_queue_bytes: int = 64 * 1024 * 1024
+    # Acknowledged spans held in memory until indexed; beyond it exports are refused (retryable).
+    max_pending_spans: int = 50_000
     max_message_bytes: int = 64 * 1024 * 1024
     max_attempts: int = 3
     # Name patterns of the agents whose LLM calls become transitions (empty: all of them).
@@ -44,6 +56,7 @@ class CollectorServer:
         self.config = config
         self.store = Store(config.store_path, synchronous=config.durability.upper())
         self.notifier = Notifier()
+        self.activity = ExportActivity()
         self.assembler = RolloutAssembler(
             self.store,
             self.notifier,
@@ -51,10 +64,22 @@ class CollectorServer:
             settle_s=config.settle_s,
             rollout_timeout_s=config.rollout_timeout_s,
             train_agents=config.train_agents,
+            activity=self.activity,
         )
-        self.receiver = OtlpTraceReceiver(
-            self.store, self.assembler, max_concurrent_exports=config.max_concurrent_exports
+        self.indexer = SpanIndexer(
+            self.store, self.assembler, max_pending_spans=config.max_pending_spans, activity=self.activity
         )
+        self.forwarder = (
+            OtlpForwarder(config.forward_to, max_queue_bytes=config.forward_queue_bytes) if config.forward_to else None
+        )
+        self.intake = TraceIntake(
+            self.store,
+            self.indexer,
+            max_concurrent_exports=config.max_concurrent_exports,
+            forward=self.forwarder,
+            activity=self.activity,
+        )
+        self.receiver = OtlpTraceReceiver(self.intake)
         self.stream = TransitionStreamService(self.store, self.notifier)
         self.task_pool = TaskPool(self.store, max_attempts=config.max_attempts)
         self._server = grpc.server(
@@ -71,17 +96,36 @@ class CollectorServer:
             raise OSError(f"could not listen on {config.listen}: the address is taken or invalid")
         host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        self.http = (
+            OtlpHttpReceiver(self.intake, config.http_listen, max_body_bytes=config.max_message_bytes)
+            if config.http_listen
+            else None
+        )
 
     def start(self) -> CollectorServer:
+        if self.forwarder is not None:
+            self.forwarder.start()
+        self.indexer.start()
         self.assembler.start()
         self._server.start()
+        if self.http is not None:
+            self.http.start()
         logger.info("otel-lightning collector listening on %s, store %s", self.address, self.store.path)
         return self
 
     def stop(self, grace_s: float = 1.0) -> None:
+        if self.http is not None:
+            self.http.stop()
         self._server.stop(grace_s).wait()
+        if self.forwarder is not None:
+            self.forwarder.stop()
+        self.indexer.stop()
         self.assembler.stop()
         self.store.close()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every acknowledged span is stored and its rollout, if ready, handed on."""
+        return self.indexer.flush(timeout_s)
 
     def wait(self) -> None:
         self._server.wait_for_termination()

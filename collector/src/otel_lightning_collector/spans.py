@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -64,7 +65,8 @@ class SpanRecord:
 @dataclass
 class DecodedRequest:
     records: list[SpanRecord] = field(default_factory=list)
-    # Spans outside any rollout: not ours to keep (forwarding is the pipeline's job).
+    rollout_spans: int = 0
+    # Spans outside any rollout: not ours to keep (the forwarder passes them on, if configured).
     foreign_spans: int = 0
     rejected_spans: int = 0
     reasons: list[str] = field(default_factory=list)
@@ -75,19 +77,28 @@ class DecodedRequest:
             self.reasons.append(reason)
 
 
-def _rollout_attributes(key_values: Any) -> dict[str, Any]:
-    # Only the few keys the receiver needs are decoded here; the rest waits for the assembler.
-    return {kv.key: any_value(kv.value) for kv in key_values if kv.key in _ROLLOUT_KEYS}
+def _rollout_attributes(key_values: Any) -> dict[str, Any] | None:
+    """The rollout keys of a span's attributes, in one pass; None for a span outside any rollout.
+
+    Only these few keys are decoded here; the rest waits for the assembler.
+    """
+    found: dict[str, Any] = {}
+    for kv in key_values:
+        key = kv.key
+        if key in _ROLLOUT_KEYS:
+            found[key] = any_value(kv.value)
+    return found if semconv.ROLLOUT_ID in found else None
 
 
 def _check_span(span: Span, found: dict[str, Any]) -> str | None:
-    if len(span.trace_id) != 16 or not any(span.trace_id):
+    trace_id, span_id, parent_span_id = span.trace_id, span.span_id, span.parent_span_id
+    if len(trace_id) != 16 or not any(trace_id):
         return "trace_id must be 16 bytes, not all zero"
-    if len(span.span_id) != 8 or not any(span.span_id):
+    if len(span_id) != 8 or not any(span_id):
         return "span_id must be 8 bytes, not all zero"
-    if span.parent_span_id and len(span.parent_span_id) != 8:
+    if parent_span_id and len(parent_span_id) != 8:
         return "parent_span_id must be empty or 8 bytes"
-    rollout_id = found.get(semconv.ROLLOUT_ID)
+    rollout_id = found[semconv.ROLLOUT_ID]
     if not isinstance(rollout_id, str) or not rollout_id:
         return f"{semconv.ROLLOUT_ID} must be a non-empty string"
     if not isinstance(found.get(semconv.TASK_ID, ""), str):
@@ -97,39 +108,58 @@ def _check_span(span: Span, found: dict[str, Any]) -> str | None:
     return None
 
 
-def _has_rollout_id(key_values: Any) -> bool:
-    return any(kv.key == semconv.ROLLOUT_ID for kv in key_values)
+def _spans(request: Any) -> Iterator[Span]:
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            yield from scope_spans.spans
+
+
+def scan_request(request: Any) -> DecodedRequest:
+    """Count a request's rollout spans, foreign spans and rejects (with reasons), keeping no records:
+    what the receiver must know before it acknowledges; `decode_request` does the rest later."""
+    scanned = DecodedRequest()
+    for span in _spans(request):
+        found = _rollout_attributes(span.attributes)
+        if found is None:
+            scanned.foreign_spans += 1
+            continue
+        problem = _check_span(span, found)
+        if problem is not None:
+            scanned.reject(f"span {span.name!r} {span.span_id.hex() or '?'}: {problem}")
+        else:
+            scanned.rollout_spans += 1
+    return scanned
 
 
 def decode_request(request: Any) -> DecodedRequest:
     """Split an ExportTraceServiceRequest into rollout span records, foreign spans and rejects."""
     decoded = DecodedRequest()
-    for resource_spans in request.resource_spans:
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                if not _has_rollout_id(span.attributes):
-                    decoded.foreign_spans += 1
-                    continue
-                found = _rollout_attributes(span.attributes)
-                problem = _check_span(span, found)
-                if problem is not None:
-                    decoded.reject(f"span {span.name!r} {span.span_id.hex() or '?'}: {problem}")
-                    continue
-                decoded.records.append(
-                    SpanRecord(
-                        rollout_id=found[semconv.ROLLOUT_ID],
-                        task_id=found.get(semconv.TASK_ID, ""),
-                        attempt=found.get(semconv.ATTEMPT, 0),
-                        trace_id=span.trace_id.hex(),
-                        span_id=span.span_id.hex(),
-                        parent_span_id=span.parent_span_id.hex(),
-                        name=span.name,
-                        start_ns=span.start_time_unix_nano,
-                        end_ns=span.end_time_unix_nano,
-                        is_root=found.get(semconv.SPAN_KIND) == semconv.SPAN_KIND_ROLLOUT,
-                        body=span.SerializeToString(),
-                    )
-                )
+    records = decoded.records
+    for span in _spans(request):
+        found = _rollout_attributes(span.attributes)
+        if found is None:
+            decoded.foreign_spans += 1
+            continue
+        problem = _check_span(span, found)
+        if problem is not None:
+            decoded.reject(f"span {span.name!r} {span.span_id.hex() or '?'}: {problem}")
+            continue
+        records.append(
+            SpanRecord(
+                rollout_id=found[semconv.ROLLOUT_ID],
+                task_id=found.get(semconv.TASK_ID, ""),
+                attempt=found.get(semconv.ATTEMPT, 0),
+                trace_id=span.trace_id.hex(),
+                span_id=span.span_id.hex(),
+                parent_span_id=span.parent_span_id.hex(),
+                name=span.name,
+                start_ns=span.start_time_unix_nano,
+                end_ns=span.end_time_unix_nano,
+                is_root=found.get(semconv.SPAN_KIND) == semconv.SPAN_KIND_ROLLOUT,
+                body=span.SerializeToString(),
+            )
+        )
+    decoded.rollout_spans = len(records)
     return decoded
 
 

@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS events (
     rollout_id TEXT NOT NULL,
     body BLOB NOT NULL
 );
+-- Export requests acknowledged but not yet split into spans (the receiver's write-ahead log).
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS consumers (
     name TEXT PRIMARY KEY,
     acked_sequence INTEGER NOT NULL
@@ -66,6 +71,11 @@ _INSERT_SPAN = (
     "INSERT OR IGNORE INTO spans (trace_id, span_id, rollout_id, parent_span_id, name, start_ns, end_ns, late, body)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+# Export requests are stored whole (hundreds of KB): large pages write them in a few page copies
+# (64 KiB pages: 4.3 us per span of a 512-span request; 4 KiB pages: 16.7 us, measured).
+_PAGE_SIZE = 65536
 
 
 def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
@@ -132,13 +142,16 @@ class Store:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._synchronous = synchronous
         self._write_lock = threading.Lock()
-        self._writer = self._connect()
+        self._writer = self._connect(new_file_page_size=_PAGE_SIZE)
         self._writer.executescript(_SCHEMA)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, new_file_page_size: int | None = None) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        if new_file_page_size:
+            # Takes effect only on a new file (before WAL mode is set); existing stores keep theirs.
+            connection.execute(f"PRAGMA page_size={new_file_page_size}")
         connection.execute("PRAGMA journal_mode=WAL")
         # NORMAL survives a killed process (WAL is fsynced at checkpoints); FULL also survives power loss.
         connection.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -178,14 +191,30 @@ class Store:
 
     # --- ingest -----------------------------------------------------------------------------------
 
-    def ingest(self, records: list[SpanRecord]) -> IngestResult:
-        """Store spans (duplicates by (trace_id, span_id) are ignored) and their rollouts, in one commit.
+    def append_batch(self, raw_request: bytes) -> int:
+        """Commit an export request as received; it stays until `ingest` stores its spans."""
+        with self._write_lock:
+            return self._writer.execute("INSERT INTO batches (body) VALUES (?)", (raw_request,)).lastrowid
 
-        A handful of batched statements per request, whatever its size: per-span statements made
+    def pending_batch_ids(self) -> list[int]:
+        """Batches appended but not yet ingested (after a restart: the work left undone), oldest first."""
+        return [row[0] for row in self._reader().execute("SELECT batch_id FROM batches ORDER BY batch_id")]
+
+    def batch(self, batch_id: int) -> bytes:
+        return self._reader().execute("SELECT body FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()[0]
+
+    def ingest(self, records: list[SpanRecord], batch_ids: list[int] = ()) -> IngestResult:
+        """Store spans (duplicates by (trace_id, span_id) are ignored) and their rollouts, and drop the
+        batches they came from, in one commit.
+
+        A handful of batched statements per call, whatever its size: per-span statements made
         SQLite the bottleneck of ingest.
         """
         result = IngestResult()
         if not records:
+            if batch_ids:
+                with self._write_lock:
+                    self._drop_batches(batch_ids)
             return result
         now = time.time_ns()
         rollout_ids = list(dict.fromkeys(r.rollout_id for r in records))
@@ -216,6 +245,7 @@ class Store:
                     "UPDATE rollouts SET last_seen_ns = ?, root_seen = root_seen OR ? WHERE rollout_id = ?",
                     [(now, int(rollout_id in roots), rollout_id) for rollout_id in rollout_ids],
                 )
+                self._drop_batches(batch_ids)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -223,6 +253,9 @@ class Store:
         # A retried root of an open rollout is submitted again: completing is idempotent.
         result.ready = {rollout_id: None for rollout_id in rollout_ids if rollout_id in roots - completed}
         return result
+
+    def _drop_batches(self, batch_ids: list[int]) -> None:
+        self._writer.executemany("DELETE FROM batches WHERE batch_id = ?", [(batch_id,) for batch_id in batch_ids])
 
     def _completed_among(self, rollout_ids: list[str]) -> set[str]:
         completed: set[str] = set()

@@ -1,0 +1,134 @@
+"""SpanIndexer: splits acknowledged export requests into stored spans, off the acknowledgement path.
+
+The receiver commits each request whole (`Store.append_batch`) and acknowledges it; this thread
+decodes the spans, stores them (dedup, late spans, rollout rows) and drops the batch in one
+commit, then hands rollouts whose root arrived to the assembler. A crash in between leaves the
+batch in the store, and the next start indexes it: acknowledged means durable either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otel_lightning_collector.assembler import RolloutAssembler
+from otel_lightning_collector.export_activity import ExportActivity
+from otel_lightning_collector.spans import decode_request
+from otel_lightning_collector.store import Store
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+# Deferral to in-flight exports (see ExportActivity), bounded, and only while the backlog is under
+# half its bound.
+_MAX_DEFER_S = 0.2
+# Batches stored per commit: one commit per request made the commit the cost of small requests.
+_MAX_BATCHES_PER_COMMIT = 8
+
+
+@dataclass
+class IndexCounters:
+    spans_stored: int = 0
+    spans_duplicate: int = 0
+    spans_late: int = 0
+    batches_indexed: int = 0
+
+
+class SpanIndexer:
+    def __init__(
+        self,
+        store: Store,
+        assembler: RolloutAssembler,
+        *,
+        max_pending_spans: int = 50_000,
+        activity: ExportActivity | None = None,
+    ) -> None:
+        self.store = store
+        self.activity = activity or ExportActivity()
+        self.assembler = assembler
+        self.max_pending_spans = max_pending_spans
+        self.counters = IndexCounters()
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._pending_spans = 0
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="span-indexer", daemon=True)
+
+    @property
+    def pending_spans(self) -> int:
+        """Spans acknowledged and held in memory, not yet stored one by one."""
+        return self._pending_spans
+
+    def has_room(self) -> bool:
+        return self._pending_spans < self.max_pending_spans
+
+    def start(self) -> None:
+        # Requests acknowledged before a crash or restart are indexed first, in their order.
+        for batch_id in self.store.pending_batch_ids():
+            self._queue.put((batch_id, None, 0))
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+
+    def submit(self, batch_id: int, request: ExportTraceServiceRequest, span_count: int) -> None:
+        """Index a committed batch; `request` is its parsed form (saves parsing it again)."""
+        with self._idle:
+            self._pending_spans += span_count
+        self._queue.put((batch_id, request, span_count))
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every submitted batch is indexed (tests, shutdown); False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._queue.unfinished_tasks == 0, timeout=timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            self._defer_to_exports()
+            while len(items) < _MAX_BATCHES_PER_COMMIT:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            batches = [item for item in items if item is not _STOP]
+            try:
+                self._index(batches)
+            except Exception:
+                # The batches stay in the store: the next start indexes them.
+                logger.exception("could not index %d export request(s); they are kept for the next start", len(batches))
+            finally:
+                with self._idle:
+                    self._pending_spans -= sum(span_count for _, _, span_count in batches)
+                    for _ in items:
+                        self._queue.task_done()
+                    self._idle.notify_all()
+            if _STOP in items:
+                return
+
+    def _defer_to_exports(self) -> None:
+        if self._pending_spans < self.max_pending_spans // 2:
+            self.activity.wait_quiet(_MAX_DEFER_S)
+
+    def _index(self, batches: list[tuple[int, Any, int]]) -> None:
+        if not batches:
+            return
+        records = []
+        for batch_id, request, _ in batches:
+            if request is None:
+                request = ExportTraceServiceRequest.FromString(self.store.batch(batch_id))
+            records.extend(decode_request(request).records)
+        result = self.store.ingest(records, [batch_id for batch_id, _, _ in batches])
+        counters = self.counters
+        counters.spans_stored += result.stored
+        counters.spans_duplicate += result.duplicates
+        counters.spans_late += result.late
+        counters.batches_indexed += len(batches)
+        if result.late:
+            logger.warning("%d span(s) arrived after their rollout was completed; kept, not trained on", result.late)
+        self.assembler.submit(result.ready)

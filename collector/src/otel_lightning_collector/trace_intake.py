@@ -1,0 +1,105 @@
+"""TraceIntake: what an OTLP trace export does, whatever carried it (gRPC or HTTP).
+
+Validate, commit the request whole, acknowledge; the spans are stored one by one later by the
+SpanIndexer. Overload and store failures raise `ExportRefusedError`, which each transport maps to
+its retryable answer (gRPC UNAVAILABLE, HTTP 503): nothing is acknowledged that was not committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from otel_lightning_collector.export_activity import ExportActivity
+from otel_lightning_collector.indexer import SpanIndexer
+from otel_lightning_collector.spans import scan_request
+from otel_lightning_collector.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class ExportRefusedError(Exception):
+    """The request was not accepted and may be sent again later (the exporter retries)."""
+
+
+@dataclass
+class IntakeCounters:
+    requests: int = 0
+    spans_accepted: int = 0
+    spans_foreign: int = 0
+    spans_rejected: int = 0
+    requests_malformed: int = 0
+    requests_refused: int = 0
+    other_signal_requests: int = 0
+
+
+class TraceIntake:
+    def __init__(
+        self,
+        store: Store,
+        indexer: SpanIndexer,
+        *,
+        max_concurrent_exports: int = 16,
+        forward: Callable[[bytes], None] | None = None,
+        activity: ExportActivity | None = None,
+    ) -> None:
+        self.activity = activity or ExportActivity()
+        self.store = store
+        self.indexer = indexer
+        self.forward = forward
+        self.counters = IntakeCounters()
+        self._slots = threading.BoundedSemaphore(max_concurrent_exports)
+        self._counter_lock = threading.Lock()
+
+    def export(self, request: ExportTraceServiceRequest, raw: bytes | None = None) -> ExportTraceServiceResponse:
+        """Accept a parsed request (`raw`: its wire bytes, if it came as protobuf)."""
+        if not self._slots.acquire(blocking=False):
+            self.refuse("collector is at its concurrent export limit; retry later")
+        try:
+            with self.activity.exporting():
+                scanned = scan_request(request)
+                if scanned.rollout_spans:
+                    if not self.indexer.has_room():
+                        self.refuse(
+                            f"collector has {self.indexer.pending_spans} spans waiting to be indexed; retry later"
+                        )
+                    if raw is None:
+                        raw = request.SerializeToString()
+                    try:
+                        batch_id = self.store.append_batch(raw)
+                    except sqlite3.Error as error:
+                        logger.error("store %s refused an export request: %s", self.store.path, error)
+                        self.refuse(f"collector store is not writable ({error}); retry later")
+                    self.indexer.submit(batch_id, request, scanned.rollout_spans)
+        finally:
+            self._slots.release()
+        if self.forward is not None:
+            self.forward(raw if raw is not None else request.SerializeToString())
+        self.count(
+            requests=1,
+            spans_accepted=scanned.rollout_spans,
+            spans_foreign=scanned.foreign_spans,
+            spans_rejected=scanned.rejected_spans,
+        )
+        response = ExportTraceServiceResponse()
+        if scanned.rejected_spans:
+            response.partial_success.rejected_spans = scanned.rejected_spans
+            response.partial_success.error_message = "; ".join(scanned.reasons)
+        return response
+
+    def refuse(self, reason: str) -> None:
+        self.count(requests_refused=1)
+        raise ExportRefusedError(reason)
+
+    def count(self, **increments: int) -> None:
+        with self._counter_lock:
+            for name, value in increments.items():
+                setattr(self.counters, name, getattr(self.counters, name) + value)
