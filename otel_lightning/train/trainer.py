@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from otel_lightning.merged_stream import MergedTransitionStream
 from otel_lightning.stream_client import TransitionStreamClient
 from otel_lightning.train.grpo import clipped_policy_loss, grpo_outcome_advantage, sequence_with_mask
 from otel_lightning.train.policy import TorchPolicy
@@ -50,7 +51,7 @@ class RolloutGroups:
     crashes mid-step gets them again from the collector.
     """
 
-    def __init__(self, client: TransitionStreamClient) -> None:
+    def __init__(self, client: TransitionStreamClient | MergedTransitionStream) -> None:
         self.client = client
         self._events: queue.Queue[pb.StreamEvent | BaseException] = queue.Queue()
         self._pending: dict[str, list[pb.Transition]] = {}
