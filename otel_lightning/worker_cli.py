@@ -2,46 +2,15 @@
 
 otel-lightning worker --collector 127.0.0.1:4317 --openai-base-url URL -- python my_agent.py
 otel-lightning worker --collector 127.0.0.1:4317 --concurrency 8 my_agent:run
+otel-lightning worker --collector 10.0.0.5:4317 --ray 16 my_agent:run     # 16 Ray actors
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
-import sys
-from typing import Any
-
-
-def _load(spec: str) -> Any:
-    module, _, attribute = spec.partition(":")
-    if not module or not attribute:
-        raise SystemExit(f"expected MODULE:FUNCTION (e.g. my_agent:run), got {spec!r}")
-    sys.path.insert(0, os.getcwd())
-    return getattr(importlib.import_module(module), attribute)
-
-
-def _setup_tracing(collector: str) -> None:
-    """Export this process's spans to the collector unless OTel is configured already."""
-    from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
-        return
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{collector}")
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
-    trace.set_tracer_provider(provider)
-    try:
-        from otel_lightning_instrumentation_openai import OpenAIInstrumentor
-
-        OpenAIInstrumentor().instrument()
-    except ImportError:
-        pass
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,6 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a rollout may take")
     parser.add_argument("--lease", type=float, default=60.0, help="lease length; heartbeats renew it")
     parser.add_argument(
+        "--ray",
+        type=int,
+        metavar="N",
+        default=0,
+        help="start N worker actors on Ray (the cluster at RAY_ADDRESS, else a local one), each with"
+        " --concurrency slots; Ctrl-C stops them",
+    )
+    parser.add_argument(
         "agent",
         nargs=argparse.REMAINDER,
         help="MODULE:FUNCTION for an in-process agent, or -- COMMAND... for a subprocess agent",
@@ -64,21 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from otel_lightning.worker import SubprocessAgent, Worker
+    from otel_lightning.worker import Worker
+    from otel_lightning.worker_setup import load_agent, setup_worker_tracing
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = args.agent[1:] if args.agent[:1] == ["--"] else args.agent
     if not command:
         raise SystemExit("name the agent: MODULE:FUNCTION, or -- COMMAND ...")
-    _setup_tracing(args.collector)
-    if len(command) == 1 and ":" in command[0] and not command[0].endswith(".py"):
-        if args.openai_base_url:
-            os.environ["OPENAI_BASE_URL"] = args.openai_base_url
-        agent = _load(command[0])
-    else:
-        agent = SubprocessAgent(
-            command, timeout_s=args.timeout, openai_base_url=args.openai_base_url, collector=args.collector
-        )
+    if args.ray:
+        return _run_on_ray(args, command)
+    setup_worker_tracing(args.collector)
+    agent = load_agent(command, collector=args.collector, openai_base_url=args.openai_base_url, timeout_s=args.timeout)
     worker = Worker(
         args.collector, agent, concurrency=args.concurrency, lease_s=args.lease, task_timeout_s=args.timeout
     )
@@ -89,4 +62,35 @@ def _run(args: argparse.Namespace) -> int:
         worker.stop()
         stats = worker.stats
     print(f"worker done: {stats.succeeded} succeeded, {stats.failed} failed, {stats.lost_leases} leases lost")
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace, command: list[str]) -> int:
+    import threading
+
+    import ray
+
+    from otel_lightning.ray_workers import RayWorkerFleet
+
+    # The actors import the agent from where this command runs, as a plain worker would.
+    ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+    fleet = RayWorkerFleet(
+        args.collector,
+        command,
+        args.ray,
+        concurrency=args.concurrency,
+        lease_s=args.lease,
+        task_timeout_s=args.timeout,
+        openai_base_url=args.openai_base_url,
+    ).start()
+    print(f"{args.ray} Ray worker actor(s) claiming tasks from {args.collector}; Ctrl-C stops them", flush=True)
+    stopped = threading.Event()
+    # Ctrl-C and SIGTERM end the wait; the actors then finish their rollouts in progress.
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: stopped.set())
+    while not stopped.wait(1.0):
+        pass
+    stats = fleet.stop()
+    total = {key: sum(s[key] for s in stats) for key in ("succeeded", "failed", "lost_leases")}
+    print(f"workers done: {total['succeeded']} succeeded, {total['failed']} failed, {total['lost_leases']} leases lost")
     return 0
