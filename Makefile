@@ -44,10 +44,7 @@ quickstart: install
 	bash examples/quickstart/run.sh
 
 bench: install
-	$(PY) benchmarks/collector_ingest.py
-	$(PY) benchmarks/openai_instrumentation_overhead.py
-	$(PY) benchmarks/instrumentation_overhead.py
-	$(PY) benchmarks/train_loop.py
+	$(PY) benchmarks/run_all.py --out benchmarks/RESULTS.md
 
 protos: install
 	$(PY) scripts/generate_protos.py

@@ -176,23 +176,33 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--frameworks", nargs="+", choices=sorted(FRAMEWORKS), default=list(FRAMEWORKS))
+    parser.add_argument("--json", action="store_true", help="per framework and configuration: added per LLM call")
     args = parser.parse_args()
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(DropExporter(), max_queue_size=1 << 16))
     trace.set_tracer_provider(provider)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"medians of {args.rounds} rounds of {args.runs} runs, microseconds")
-    print("| framework | configuration | run A | run B | per LLM call | per tool call |")
-    print("|---|---|---:|---:|---:|---:|")
+    if not args.json:
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        print(f"medians of {args.rounds} rounds of {args.runs} runs, microseconds")
+        print("| framework | configuration | run A | run B | per LLM call | per tool call |")
+        print("|---|---|---:|---:|---:|---:|")
+    per_llm_call: dict[str, dict[str, float]] = {}
     for key in args.frameworks:
         framework = FRAMEWORKS[key]()
         found = measure(framework, args.runs, args.rounds)
         base = found["uninstrumented"]
+        per_llm_call[framework.name] = {
+            name: round(runs["A"] - base["A"]) for name, runs in found.items() if name != "uninstrumented"
+        }
+        if args.json:
+            continue
         for name, runs in found.items():
             per_llm = runs["A"] - base["A"]
             per_tool = (runs["B"] - base["B"]) - 2 * per_llm
             added = "" if name == "uninstrumented" else f"{per_llm:+,.0f} | {per_tool:+,.0f}"
             print(f"| {framework.name} | {name} | {runs['A']:,.0f} | {runs['B']:,.0f} | {added or ' | '} |")
+    if args.json:
+        print(json.dumps({"added_per_llm_call_us": per_llm_call}))
 
 
 if __name__ == "__main__":

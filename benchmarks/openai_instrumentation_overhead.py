@@ -63,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(DropExporter(), max_queue_size=1 << 16))
@@ -81,6 +82,9 @@ def main() -> None:
             traced.append(per_call_us(client, args.calls))
             instrumentor.uninstrument()
     base, with_spans = statistics.median(plain), statistics.median(traced)
+    if args.json:
+        print(json.dumps({"uninstrumented_us": round(base, 1), "added_per_call_us": round(with_spans - base, 1)}))
+        return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"uninstrumented call:  {base:8.1f} us")
     print(f"instrumented call:    {with_spans:8.1f} us")
