@@ -107,7 +107,7 @@ def send_all(address: str, requests: list[bytes], concurrency: int = 4) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rollouts", type=int, default=2000)
+    parser.add_argument("--rollouts", type=int, default=5000)
     parser.add_argument("--steps", type=int, default=4, help="LLM calls per rollout")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -94,7 +94,7 @@ def test_malformed_bytes_get_invalid_argument_and_the_server_keeps_serving(colle
     assert collector.receiver.counters.requests_malformed == 1
 
 
-def test_invalid_spans_are_rejected_with_reasons_and_the_rest_kept(collector):
+def test_invalid_spans_are_kept_aside_with_reasons_and_the_rest_used(collector, caplog):
     spans = SpanFactory(rollout_id="r-partial")
     bad_id = spans.llm("q", "a")
     bad_id.span_id = b"\x01\x02"
@@ -107,12 +107,27 @@ def test_invalid_spans_are_rejected_with_reasons_and_the_rest_kept(collector):
     response = exporter(collector.address)(
         export_request(bad_id, bad_type, foreign, spans.llm("good", "yes"), spans.root())
     )
-    assert response.partial_success.rejected_spans == 2
-    assert "span_id must be 8 bytes" in response.partial_success.error_message
-    assert f"{semconv.ATTEMPT} must be an int" in response.partial_success.error_message
-    assert collector.receiver.counters.spans_foreign == 1
+    # Acknowledged whole (committed before any span is looked at); each span is checked when indexed.
+    assert not response.HasField("partial_success")
     [step] = transitions(wait_for_rollouts(collector.address, 1))
     assert '"good"' in step.state_json
+    assert collector.flush()
+    assert (collector.indexer.counters.spans_rejected, collector.indexer.counters.spans_foreign) == (2, 1)
+    kept = dict(collector.store.rejected_spans())
+    assert sorted(kept.values()) == sorted([bad_id.SerializeToString(), bad_type.SerializeToString()])
+    reasons = " ".join(kept)
+    assert "span_id must be 8 bytes" in reasons and f"{semconv.ATTEMPT} must be an int" in reasons
+    assert "2 span(s) rejected and kept aside" in caplog.text
+
+
+def test_requests_without_rollout_spans_are_not_stored(collector):
+    spans = SpanFactory(rollout_id="unused")
+    foreign = [spans.llm("q", "a"), spans.llm("q2", "a2")]
+    for span in foreign:
+        del span.attributes[:]
+    exporter(collector.address)(export_request(*foreign))
+    assert collector.receiver.counters.spans_foreign == 2
+    assert collector.store.pending_batch_ids() == [] and collector.indexer.counters.batches_indexed == 0
 
 
 def test_gzip_compressed_exports_are_accepted(collector):
@@ -219,9 +234,9 @@ def test_a_backlog_of_unindexed_spans_is_refused_as_retryable_until_it_drains(tm
         release = threading.Event()
         real_ingest = server.store.ingest
 
-        def stuck_ingest(records, batch_ids=()):
+        def stuck_ingest(*args):
             release.wait(10)
-            return real_ingest(records, batch_ids)
+            return real_ingest(*args)
 
         monkeypatch.setattr(server.store, "ingest", stuck_ingest)
         export = exporter(server.address)

@@ -146,16 +146,18 @@ def test_unknown_paths_and_other_signals(http_collector):
     assert http_collector.receiver.counters.other_signal_requests == 1
 
 
-def test_invalid_spans_get_a_partial_success_with_reasons(http_collector):
+def test_invalid_spans_are_kept_aside_and_the_rest_used(http_collector):
     spans = SpanFactory(rollout_id="r-partial")
     bad = spans.llm("q", "a")
     bad.trace_id = b"\x00" * 16
     request = export_request(bad, spans.llm("good", "yes"), spans.root())
     status, _, body = post(http_collector.http.endpoint, to_otlp_json(request), "application/json")
-    assert status == 200
-    partial = json.loads(body)["partialSuccess"]
-    assert partial["rejectedSpans"] == "1"  # int64 is a string in JSON
-    assert "trace_id must be 16 bytes" in partial["errorMessage"]
+    assert (status, json.loads(body)) == (200, {})
+    [step] = transitions(wait_for_rollouts(http_collector.address, 1))
+    assert '"good"' in step.state_json
+    assert http_collector.flush()
+    [(reason, kept)] = http_collector.store.rejected_spans()
+    assert "trace_id must be 16 bytes" in reason and kept == bad.SerializeToString()
 
 
 def test_a_refused_export_is_503_with_retry_after(http_collector, monkeypatch):

@@ -17,9 +17,9 @@ from otel_lightning_collector.transitions import INCOMPLETE, SUCCEEDED, agent_se
 logger = logging.getLogger(__name__)
 
 _STOP = object()
-_BATCH = 32
+_BATCH = 8
 # Deferral to in-flight exports (see ExportActivity), bounded.
-_MAX_DEFER_S = 0.2
+_MAX_DEFER_S = 1.0
 
 
 class RolloutAssembler:

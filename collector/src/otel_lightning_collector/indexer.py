@@ -18,17 +18,18 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otel_lightning_collector.assembler import RolloutAssembler
 from otel_lightning_collector.export_activity import ExportActivity
-from otel_lightning_collector.spans import decode_request
+from otel_lightning_collector.spans import SpanRecord, decode_request
 from otel_lightning_collector.store import Store
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_REASONS_LOGGED = 5
 # Deferral to in-flight exports (see ExportActivity), bounded, and only while the backlog is under
 # half its bound.
-_MAX_DEFER_S = 0.2
+_MAX_DEFER_S = 1.0
 # Batches stored per commit: one commit per request made the commit the cost of small requests.
-_MAX_BATCHES_PER_COMMIT = 8
+_MAX_BATCHES_PER_COMMIT = 2
 
 
 @dataclass
@@ -36,6 +37,10 @@ class IndexCounters:
     spans_stored: int = 0
     spans_duplicate: int = 0
     spans_late: int = 0
+    # Spans outside any rollout, in requests that also held rollout spans.
+    spans_foreign: int = 0
+    # Rollout spans that cannot be used (bad ids, wrong attribute types): kept aside with the reason.
+    spans_rejected: int = 0
     batches_indexed: int = 0
 
 
@@ -118,13 +123,27 @@ class SpanIndexer:
     def _index(self, batches: list[tuple[int, Any, int]]) -> None:
         if not batches:
             return
-        records = []
+        records: list[SpanRecord] = []
+        rejected: list[tuple[str, bytes]] = []
+        foreign = 0
         for batch_id, request, _ in batches:
             if request is None:
                 request = ExportTraceServiceRequest.FromString(self.store.batch(batch_id))
-            records.extend(decode_request(request).records)
-        result = self.store.ingest(records, [batch_id for batch_id, _, _ in batches])
+            decoded = decode_request(request)
+            records.extend(decoded.records)
+            rejected.extend(decoded.rejected)
+            foreign += decoded.foreign_spans
+        result = self.store.ingest(records, [batch_id for batch_id, _, _ in batches], rejected)
         counters = self.counters
+        counters.spans_foreign += foreign
+        counters.spans_rejected += len(rejected)
+        if rejected:
+            logger.warning(
+                "%d span(s) rejected and kept aside in %s (table rejected_spans): %s",
+                len(rejected),
+                self.store.path,
+                "; ".join(reason for reason, _ in rejected[:_REASONS_LOGGED]),
+            )
         counters.spans_stored += result.stored
         counters.spans_duplicate += result.duplicates
         counters.spans_late += result.late

@@ -31,15 +31,16 @@ class OtlpTraceReceiver:
         return self.intake.counters
 
     def export(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
-        try:
-            request = ExportTraceServiceRequest.FromString(raw)
-        except DecodeError as error:
-            self.intake.count(requests_malformed=1)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed OTLP ExportTraceServiceRequest: {error}")
-        try:
-            return self.intake.export(request, raw).SerializeToString()
-        except ExportRefusedError as refused:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(refused))
+        with self.intake.activity.exporting():
+            try:
+                request = ExportTraceServiceRequest.FromString(raw)
+            except DecodeError as error:
+                self.intake.count(requests_malformed=1)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed OTLP ExportTraceServiceRequest: {error}")
+            try:
+                return self.intake.export(request, raw).SerializeToString()
+            except ExportRefusedError as refused:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(refused))
 
     def _ignore_other_signal(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         self.intake.count(other_signal_requests=1)

@@ -69,6 +69,7 @@ class CollectorServer:
         self.indexer = SpanIndexer(
             self.store, self.assembler, max_pending_spans=config.max_pending_spans, activity=self.activity
         )
+        self.activity.backlog = lambda: self.indexer.pending_spans
         self.forwarder = (
             OtlpForwarder(config.forward_to, max_queue_bytes=config.forward_queue_bytes) if config.forward_to else None
         )

@@ -13,7 +13,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otel_lightning import semconv
 
 _ROLLOUT_KEYS = frozenset((semconv.ROLLOUT_ID, semconv.TASK_ID, semconv.ATTEMPT, semconv.SPAN_KIND))
-_MAX_REASONS = 5
+_ROLLOUT_ID_BYTES = semconv.ROLLOUT_ID.encode()
 
 
 _SCALAR_KINDS = ("int_value", "double_value", "string_value", "bool_value")
@@ -65,16 +65,13 @@ class SpanRecord:
 @dataclass
 class DecodedRequest:
     records: list[SpanRecord] = field(default_factory=list)
-    rollout_spans: int = 0
     # Spans outside any rollout: not ours to keep (the forwarder passes them on, if configured).
     foreign_spans: int = 0
-    rejected_spans: int = 0
-    reasons: list[str] = field(default_factory=list)
+    # Rollout spans that cannot be used, with the reason: (reason, serialized span).
+    rejected: list[tuple[str, bytes]] = field(default_factory=list)
 
-    def reject(self, reason: str) -> None:
-        self.rejected_spans += 1
-        if len(self.reasons) < _MAX_REASONS:
-            self.reasons.append(reason)
+    def reject(self, span: Span, problem: str) -> None:
+        self.rejected.append((f"span {span.name!r} {span.span_id.hex() or '?'}: {problem}", span.SerializeToString()))
 
 
 def _rollout_attributes(key_values: Any) -> dict[str, Any] | None:
@@ -114,23 +111,6 @@ def _spans(request: Any) -> Iterator[Span]:
             yield from scope_spans.spans
 
 
-def scan_request(request: Any) -> DecodedRequest:
-    """Count a request's rollout spans, foreign spans and rejects (with reasons), keeping no records:
-    what the receiver must know before it acknowledges; `decode_request` does the rest later."""
-    scanned = DecodedRequest()
-    for span in _spans(request):
-        found = _rollout_attributes(span.attributes)
-        if found is None:
-            scanned.foreign_spans += 1
-            continue
-        problem = _check_span(span, found)
-        if problem is not None:
-            scanned.reject(f"span {span.name!r} {span.span_id.hex() or '?'}: {problem}")
-        else:
-            scanned.rollout_spans += 1
-    return scanned
-
-
 def decode_request(request: Any) -> DecodedRequest:
     """Split an ExportTraceServiceRequest into rollout span records, foreign spans and rejects."""
     decoded = DecodedRequest()
@@ -142,7 +122,7 @@ def decode_request(request: Any) -> DecodedRequest:
             continue
         problem = _check_span(span, found)
         if problem is not None:
-            decoded.reject(f"span {span.name!r} {span.span_id.hex() or '?'}: {problem}")
+            decoded.reject(span, problem)
             continue
         records.append(
             SpanRecord(
@@ -159,8 +139,14 @@ def decode_request(request: Any) -> DecodedRequest:
                 body=span.SerializeToString(),
             )
         )
-    decoded.rollout_spans = len(records)
     return decoded
+
+
+def has_rollout_spans(raw_request: bytes) -> bool:
+    """False when no span of this serialized request can belong to a rollout: the rollout id key is
+    nowhere in its bytes (protobuf keeps strings verbatim). One C-level search, so the user's other
+    spans cost nothing but their decoding; True may still mean none (the key inside some value)."""
+    return _ROLLOUT_ID_BYTES in raw_request
 
 
 def key_value(key: str, value: Any) -> KeyValue:

@@ -63,6 +63,13 @@ CREATE TABLE IF NOT EXISTS batches (
     batch_id INTEGER PRIMARY KEY,
     body BLOB NOT NULL
 );
+-- Rollout spans that could not be used, kept with the reason (nothing received is dropped unseen).
+CREATE TABLE IF NOT EXISTS rejected_spans (
+    id INTEGER PRIMARY KEY,
+    received_ns INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    body BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS consumers (
     name TEXT PRIMARY KEY,
     acked_sequence INTEGER NOT NULL
@@ -231,20 +238,28 @@ class Store:
     def batch(self, batch_id: int) -> bytes:
         return self._reader().execute("SELECT body FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()[0]
 
-    def ingest(self, records: list[SpanRecord], batch_ids: list[int] = ()) -> IngestResult:
-        """Store spans (duplicates by (trace_id, span_id) are ignored) and their rollouts, and drop the
-        batches they came from, in one commit.
+    def ingest(
+        self, records: list[SpanRecord], batch_ids: list[int] = (), rejected: list[tuple[str, bytes]] = ()
+    ) -> IngestResult:
+        """Store spans (duplicates by (trace_id, span_id) are ignored) and their rollouts, keep the
+        rejected ones aside (reason, serialized span), and drop the batches they came from, in one commit.
 
         A handful of batched statements per call, whatever its size: per-span statements made
         SQLite the bottleneck of ingest.
         """
         result = IngestResult()
-        if not records:
-            if batch_ids:
-                with self._write_lock:
-                    self._drop_batches(batch_ids)
-            return result
         now = time.time_ns()
+        if not records:
+            with self._write_lock:
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    self._keep_rejected(rejected, now)
+                    self._drop_batches(batch_ids)
+                    self._writer.execute("COMMIT")
+                except BaseException:
+                    self._writer.execute("ROLLBACK")
+                    raise
+            return result
         rollout_ids = list(dict.fromkeys(r.rollout_id for r in records))
         with self._write_lock:
             db = self._writer
@@ -273,6 +288,7 @@ class Store:
                     "UPDATE rollouts SET last_seen_ns = ?, root_seen = root_seen OR ? WHERE rollout_id = ?",
                     [(now, int(rollout_id in roots), rollout_id) for rollout_id in rollout_ids],
                 )
+                self._keep_rejected(rejected, now)
                 self._drop_batches(batch_ids)
                 db.execute("COMMIT")
             except BaseException:
@@ -281,6 +297,17 @@ class Store:
         # A retried root of an open rollout is submitted again: completing is idempotent.
         result.ready = {rollout_id: None for rollout_id in rollout_ids if rollout_id in roots - completed}
         return result
+
+    def _keep_rejected(self, rejected: list[tuple[str, bytes]], now: int) -> None:
+        self._writer.executemany(
+            "INSERT INTO rejected_spans (received_ns, reason, body) VALUES (?, ?, ?)",
+            [(now, reason, body) for reason, body in rejected],
+        )
+
+    def rejected_spans(self, limit: int = 100) -> list[tuple[str, bytes]]:
+        """The latest rejected spans: (reason, serialized span), newest first."""
+        rows = self._reader().execute("SELECT reason, body FROM rejected_spans ORDER BY id DESC LIMIT ?", (limit,))
+        return [(reason, body) for reason, body in rows]
 
     def _drop_batches(self, batch_ids: list[int]) -> None:
         self._writer.executemany("DELETE FROM batches WHERE batch_id = ?", [(batch_id,) for batch_id in batch_ids])

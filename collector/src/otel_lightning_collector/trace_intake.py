@@ -1,7 +1,7 @@
 """TraceIntake: what an OTLP trace export does, whatever carried it (gRPC or HTTP).
 
-Validate, commit the request whole, acknowledge; the spans are stored one by one later by the
-SpanIndexer. Overload and store failures raise `ExportRefusedError`, which each transport maps to
+Decode, commit the request whole, acknowledge; the spans are checked and stored one by one later
+by the SpanIndexer. Overload and store failures raise `ExportRefusedError`, which each transport maps to
 its retryable answer (gRPC UNAVAILABLE, HTTP 503): nothing is acknowledged that was not committed.
 """
 
@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from otel_lightning_collector.export_activity import ExportActivity
 from otel_lightning_collector.indexer import SpanIndexer
-from otel_lightning_collector.spans import scan_request
+from otel_lightning_collector.spans import has_rollout_spans
 from otel_lightning_collector.store import Store
 
 logger = logging.getLogger(__name__)
@@ -33,9 +33,10 @@ class ExportRefusedError(Exception):
 @dataclass
 class IntakeCounters:
     requests: int = 0
+    # Spans of requests committed for indexing (some may turn out foreign or rejected there).
     spans_accepted: int = 0
+    # Spans of requests with no rollout span at all: forwarded if configured, not kept.
     spans_foreign: int = 0
-    spans_rejected: int = 0
     requests_malformed: int = 0
     requests_refused: int = 0
     other_signal_requests: int = 0
@@ -60,40 +61,39 @@ class TraceIntake:
         self._counter_lock = threading.Lock()
 
     def export(self, request: ExportTraceServiceRequest, raw: bytes | None = None) -> ExportTraceServiceResponse:
-        """Accept a parsed request (`raw`: its wire bytes, if it came as protobuf)."""
+        """Accept a parsed request (`raw`: its wire bytes, if it came as protobuf).
+
+        Only what acknowledging needs is done here: the request is committed whole when any span
+        may belong to a rollout. Each span is checked when it is indexed; one that cannot be used is
+        kept aside with the reason (`rejected_spans` in the store), logged and counted, so per-span
+        problems do not come back as a `partial_success`.
+        """
+        if raw is None:
+            raw = request.SerializeToString()
+        span_count = sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
         if not self._slots.acquire(blocking=False):
             self.refuse("collector is at its concurrent export limit; retry later")
         try:
             with self.activity.exporting():
-                scanned = scan_request(request)
-                if scanned.rollout_spans:
+                if has_rollout_spans(raw):
                     if not self.indexer.has_room():
                         self.refuse(
                             f"collector has {self.indexer.pending_spans} spans waiting to be indexed; retry later"
                         )
-                    if raw is None:
-                        raw = request.SerializeToString()
                     try:
                         batch_id = self.store.append_batch(raw)
                     except sqlite3.Error as error:
                         logger.error("store %s refused an export request: %s", self.store.path, error)
                         self.refuse(f"collector store is not writable ({error}); retry later")
-                    self.indexer.submit(batch_id, request, scanned.rollout_spans)
+                    self.indexer.submit(batch_id, request, span_count)
+                    self.count(requests=1, spans_accepted=span_count)
+                else:
+                    self.count(requests=1, spans_foreign=span_count)
         finally:
             self._slots.release()
         if self.forward is not None:
-            self.forward(raw if raw is not None else request.SerializeToString())
-        self.count(
-            requests=1,
-            spans_accepted=scanned.rollout_spans,
-            spans_foreign=scanned.foreign_spans,
-            spans_rejected=scanned.rejected_spans,
-        )
-        response = ExportTraceServiceResponse()
-        if scanned.rejected_spans:
-            response.partial_success.rejected_spans = scanned.rejected_spans
-            response.partial_success.error_message = "; ".join(scanned.reasons)
-        return response
+            self.forward(raw)
+        return ExportTraceServiceResponse()
 
     def refuse(self, reason: str) -> None:
         self.count(requests_refused=1)
