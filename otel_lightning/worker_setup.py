@@ -20,7 +20,11 @@ def setup_worker_tracing(collector: str) -> None:
         return
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{collector}")
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+    # A rollout is waited for by a trainer: its spans go out within 0.2 s, not the SDK's default 5 s.
+    delay_ms = None if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else 200
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True), schedule_delay_millis=delay_ms)
+    )
     trace.set_tracer_provider(provider)
     try:
         from otel_lightning_instrumentation_openai import OpenAIInstrumentor

@@ -17,6 +17,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from opentelemetry import trace
@@ -38,6 +39,9 @@ from otel_lightning.train.policy_server import PolicyServer
 from otel_lightning.train.sft import warm_start
 from otel_lightning.train.trainer import GRPOTrainer, RolloutGroups, TrainerConfig
 from otel_lightning.worker import SubprocessAgent, Worker
+
+if TYPE_CHECKING:
+    from otel_lightning.ray_workers import RayWorkerFleet
 from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_instrumentation_openai import OpenAIInstrumentor
 
@@ -67,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--lr", type=float, default=None, help="default: 5e-4 for tiny, 1e-6 for smollm2")
     parser.add_argument("--workers", type=int, default=8, help="concurrent rollouts")
+    parser.add_argument(
+        "--ray-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the agents in N Ray worker actors (--workers slots each) instead of in this process: on the"
+        " cluster at RAY_ADDRESS (e.g. when this script runs as a Ray job), else a local one",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", help="checkpoint.pt of an earlier run: continue from its weights and optimizer")
     return parser.parse_args(argv)
@@ -121,6 +133,34 @@ def plot(curve: list[dict], before: float, after: float, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def agent_command(text: str) -> list[str]:
+    command = shlex.split(text)
+    if command[0] in ("python", "python3"):
+        command[0] = sys.executable  # this environment's, where the instrumentors are installed
+    return command
+
+
+def start_ray_workers(args: argparse.Namespace, collector: str, policy_url: str) -> RayWorkerFleet:
+    """The agents in Ray actors (each its own process, exporting its own spans to the collector)."""
+    import ray
+
+    from otel_lightning.ray_workers import RayWorkerFleet
+
+    # Actors import the agent from this checkout, as this script does.
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
+    command = agent_command(args.agent_command) if args.agent_command else ["examples.calc_agent.agent:run"]
+    return RayWorkerFleet(
+        collector,
+        command,
+        args.ray_workers,
+        concurrency=args.workers,
+        lease_s=180,
+        task_timeout_s=120,
+        openai_base_url=policy_url,
+        num_cpus_per_worker=0.5,
+    ).start()
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -166,14 +206,18 @@ def main(argv: list[str] | None = None) -> dict:
     run_agent = agent.run
     if args.agent_command:
         # Unchanged agent code: the subprocess gets the policy server as OPENAI_BASE_URL and exports its spans.
-        command = shlex.split(args.agent_command)
-        if command[0] in ("python", "python3"):
-            command[0] = sys.executable  # this environment's, where the instrumentors are installed
         run_agent = SubprocessAgent(
-            command, timeout_s=120, openai_base_url=server.base_url, collector=collector.address
+            agent_command(args.agent_command),
+            timeout_s=120,
+            openai_base_url=server.base_url,
+            collector=collector.address,
         )
-    worker = Worker(collector.address, run_agent, concurrency=args.workers, lease_s=180)
-    worker_thread = worker.start_in_thread()
+    worker_thread = None
+    if args.ray_workers:
+        workers = start_ray_workers(args, collector.address, server.base_url)
+    else:
+        workers = Worker(collector.address, run_agent, concurrency=args.workers, lease_s=180)
+        worker_thread = workers.start_in_thread()
     pool = TaskPoolClient(collector.address)
     groups = RolloutGroups(TransitionStreamClient(collector.address, consumer="trainer", max_in_flight=4096))
     heldout = make_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout")
@@ -200,8 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save(out / "checkpoint.pt")
     finally:
         groups.close()
-        worker.stop()
-        worker_thread.join(timeout=30)
+        workers.stop()
+        if worker_thread is not None:
+            worker_thread.join(timeout=30)
         server.stop()
         provider.shutdown()
         collector.stop()
