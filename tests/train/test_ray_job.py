@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +34,8 @@ def ray_cluster():
     """A one-node cluster started the way a real one is (`ray start --head`); `--block` ties its
     processes to this one, so stopping it stops only this cluster (not others on the machine)."""
     port = free_port()
+    # Its own temp dir: the cluster's files (and the "current cluster" pointer) stay out of /tmp/ray.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     head = subprocess.Popen(
         [
             RAY,
@@ -42,6 +46,7 @@ def ray_cluster():
             f"--port={port}",
             "--num-cpus=2",
             "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
         ],
         env=RAY_ENV,
         stdout=subprocess.DEVNULL,
@@ -58,6 +63,7 @@ def ray_cluster():
     finally:
         head.terminate()
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_the_demo_trains_with_its_agents_in_ray_worker_actors(ray_cluster, tmp_path):

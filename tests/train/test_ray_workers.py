@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(
+        address="local",  # a new cluster of its own, whatever else runs on this machine
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
