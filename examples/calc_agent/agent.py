@@ -28,10 +28,14 @@ CALCULATOR = {
 }
 
 
-@functools.cache
 def client() -> openai.OpenAI:
-    # Created on first use: OPENAI_BASE_URL points at whatever policy server the worker chose.
-    return openai.OpenAI(api_key=os.environ.get("OPENAI_API_KEY", "unused"), max_retries=0)
+    # OPENAI_BASE_URL points at whatever policy server the worker chose, which may change between runs.
+    return _client(os.environ.get("OPENAI_BASE_URL"))
+
+
+@functools.cache
+def _client(base_url: str | None) -> openai.OpenAI:
+    return openai.OpenAI(api_key=os.environ.get("OPENAI_API_KEY", "unused"), base_url=base_url, max_retries=0)
 
 
 @ol.reward

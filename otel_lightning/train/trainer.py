@@ -22,6 +22,24 @@ from otel_lightning.v1 import transitions_pb2 as pb
 logger = logging.getLogger(__name__)
 
 SUCCEEDED = "succeeded"
+# What the trainer does with a rollout, by its status (docs/rollout_status.md):
+#   train   - its reward as recorded;
+#   drop    - left out of training;
+#   penalty - trained on with reward `failure_penalty`;
+#   retry   - left out: the collector's pool runs the sample again (a failed model call, a lost
+#             worker; the completion says `retried`), and the group waits for that attempt. A
+#             rollout whose sample used up its attempts is not retried: it is dropped.
+ACTIONS = ("train", "drop", "penalty", "retry")
+# The agent's own failures follow `failed_rollouts`; failures of the infrastructure are retried;
+# rollouts with nothing to train on are dropped.
+AGENT_FAILURES = ("failed", "timeout", "tool_error")
+DEFAULT_STATUS_POLICY = {
+    "succeeded": "train",
+    "llm_error": "retry",
+    "abandoned": "retry",
+    "malformed": "drop",
+    "incomplete": "drop",
+}
 
 
 @dataclass
@@ -29,10 +47,20 @@ class TrainerConfig:
     lr: float = 1e-3
     clip_ratio: float = 0.2
     max_grad_norm: float = 1.0
-    # What happens to rollouts that did not succeed (failed, llm_error, malformed, incomplete, ...):
-    # "drop" leaves them out of training; "penalty" trains on them with reward `failure_penalty`.
+    # What happens to rollouts the agent failed (failed, timeout, tool_error): "drop" leaves them
+    # out of training; "penalty" trains on them with reward `failure_penalty`.
     failed_rollouts: str = "drop"
     failure_penalty: float = 0.0
+    # Per-status overrides of the policy above (status -> one of ACTIONS).
+    status_policy: dict[str, str] = field(default_factory=dict)
+
+    def action_for(self, status: str) -> str:
+        """What to do with a rollout of this status (unknown statuses are dropped)."""
+        if status in self.status_policy:
+            return self.status_policy[status]
+        if status in AGENT_FAILURES:
+            return self.failed_rollouts
+        return DEFAULT_STATUS_POLICY.get(status, "drop")
 
 
 @dataclass
@@ -42,6 +70,7 @@ class RolloutRecord:
     status: str
     reward: float
     transitions: list[pb.Transition] = field(default_factory=list)
+    retried: bool = False  # another attempt of the sample comes
 
 
 class RolloutGroups:
@@ -70,7 +99,7 @@ class RolloutGroups:
     def collect(self, expected: dict[str, int], timeout_s: float) -> dict[str, list[RolloutRecord]]:
         """Rollouts of the expected tasks (task id -> group size), once every group is whole or time is up."""
         deadline = time.monotonic() + timeout_s
-        while not all(len(self._completed.get(task, [])) >= size for task, size in expected.items()):
+        while not all(self._counted(task) >= size for task, size in expected.items()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 logger.warning("groups incomplete after %.0fs; training on what arrived", timeout_s)
@@ -87,6 +116,10 @@ class RolloutGroups:
         self._completed.clear()
         return groups
 
+    def _counted(self, task_id: str) -> int:
+        # A rollout the collector runs again does not fill its group: the next attempt will.
+        return sum(not record.retried for record in self._completed.get(task_id, []))
+
     def _absorb(self, event: pb.StreamEvent) -> None:
         self._last_sequence = event.sequence
         if event.HasField("transition"):
@@ -94,7 +127,12 @@ class RolloutGroups:
             return
         done = event.rollout
         record = RolloutRecord(
-            done.rollout_id, done.task_id, done.status, done.total_reward, self._pending.pop(done.rollout_id, [])
+            done.rollout_id,
+            done.task_id,
+            done.status,
+            done.total_reward,
+            self._pending.pop(done.rollout_id, []),
+            retried=done.retried,
         )
         self._completed.setdefault(done.task_id, []).append(record)
 
@@ -121,6 +159,9 @@ class GRPOTrainer:
         self.config = config or TrainerConfig()
         if self.config.failed_rollouts not in ("drop", "penalty"):
             raise ValueError("failed_rollouts must be 'drop' or 'penalty'")
+        unknown = {action for action in self.config.status_policy.values() if action not in ACTIONS}
+        if unknown:
+            raise ValueError(f"status_policy actions must be among {ACTIONS}, not {sorted(unknown)}")
         self.optimizer = torch.optim.AdamW(policy.model.parameters(), lr=self.config.lr)
         self.steps = 0
 
@@ -128,12 +169,10 @@ class GRPOTrainer:
         records, rewards, group_ids = [], [], []
         for group_index, (_, members) in enumerate(sorted(groups.items())):
             for record in members:
-                if record.status != SUCCEEDED:
-                    if self.config.failed_rollouts == "drop":
-                        continue
-                    reward = self.config.failure_penalty
-                else:
-                    reward = record.reward
+                action = self.config.action_for(record.status)
+                if action in ("drop", "retry"):
+                    continue
+                reward = self.config.failure_penalty if action == "penalty" else record.reward
                 records.append(record)
                 rewards.append(reward)
                 group_ids.append(group_index)
@@ -145,7 +184,7 @@ class GRPOTrainer:
         all_records = [r for members in groups.values() for r in members]
         stats: dict[str, Any] = {
             "rollouts": len(all_records),
-            "dropped": len(all_records) - len(records) if self.config.failed_rollouts == "drop" else 0,
+            "dropped": len(all_records) - len(records),
             "mean_reward": sum(r.reward for r in all_records if r.status == SUCCEEDED) / max(len(all_records), 1),
         }
         if not records:

@@ -76,7 +76,7 @@ def test_subprocess_agent_outcomes_become_rollout_statuses(collector, otlp_expor
         "failed",
         "otel_lightning.worker.AgentProcessError",
     )
-    assert by_task["hang"].status == "failed" and by_task["hang"].error_type == "TimeoutError"
+    assert by_task["hang"].status == "timeout" and by_task["hang"].error_type == "TimeoutError"
     # The subprocess's LLM span joined the worker's rollout through TRACEPARENT/BAGGAGE.
     [step] = transitions(events)
     assert step.rollout_id == samples["ok"]["rollout_id"]
@@ -137,7 +137,7 @@ def test_worker_task_timeout_ends_the_rollout_as_timeout(collector, otlp_export)
     assert "ran past the worker's 0.3s task timeout" in sample["error"]
     otlp_export.flush()
     [done] = rollouts(wait_for_rollouts(collector.address, 1))
-    assert (done.status, done.error_type) == ("failed", "TimeoutError")
+    assert (done.status, done.error_type) == ("timeout", "TimeoutError")
 
 
 @pytest.mark.parametrize(("server_reports", "expected"), [(None, "7"), ("stub-1", "stub-1")])

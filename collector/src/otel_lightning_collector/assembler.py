@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
+from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning_collector.credit import credit_rule
 from otel_lightning_collector.export_activity import ExportActivity
 from otel_lightning_collector.notifier import Notifier
 from otel_lightning_collector.store import EVENT_ROLLOUT, EVENT_TRANSITION, Completion, RolloutRow, Store
-from otel_lightning_collector.transitions import INCOMPLETE, SUCCEEDED, agent_selector, build_rollout
+from otel_lightning_collector.transitions import ABANDONED, INCOMPLETE, SUCCEEDED, agent_selector, build_rollout
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_WAKE = object()
 _BATCH = 8
 # Deferral to in-flight exports (see ExportActivity), bounded.
 _MAX_DEFER_S = 1.0
+
+
+@dataclass(frozen=True)
+class AbandonedRollout:
+    rollout_id: str
+    task_id: str
+    attempt: int
+    reason: str
+    retried: bool  # the pool runs the sample again
+
+
+def _marked_retried(completion: Completion) -> Completion:
+    kind, body = completion.events[-1]
+    completed = pb.RolloutCompleted.FromString(body)
+    completed.retried = True
+    events = [*completion.events[:-1], (kind, completed.SerializeToString())]
+    return dataclasses.replace(completion, events=events)
 
 
 class RolloutAssembler:
@@ -49,6 +70,11 @@ class RolloutAssembler:
         self.rollout_timeout_s = rollout_timeout_s
         self.sweep_interval_s = sweep_interval_s
         self._queue: queue.Queue[object] = queue.Queue()
+        # Asked, before a batch is committed, which of its rollouts run again (the task pool retries
+        # those whose model calls failed); their completions say so (`retried`).
+        self.retry_decider: Callable[[list[Completion]], set[str]] | None = None
+        self._abandoned: list[AbandonedRollout] = []
+        self._abandoned_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="rollout-assembler", daemon=True)
         self.completed = 0
 
@@ -60,6 +86,52 @@ class RolloutAssembler:
     def stop(self) -> None:
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
+
+    def abandon(self, rollouts: Iterable[AbandonedRollout]) -> None:
+        """Complete these rollouts as `abandoned` (their worker lost its lease): no transitions, ever."""
+        with self._abandoned_lock:
+            self._abandoned.extend(rollouts)
+        self._queue.put(_WAKE)
+
+    def _complete_abandoned(self) -> None:
+        with self._abandoned_lock:
+            abandoned, self._abandoned = self._abandoned, []
+        if not abandoned:
+            return
+        try:
+            self.store.ensure_rollouts([(a.rollout_id, a.task_id, a.attempt) for a in abandoned])
+            rows = {row.rollout_id: row for row in self.store.rollouts([a.rollout_id for a in abandoned])}
+            completions = []
+            for item in abandoned:
+                completed = pb.RolloutCompleted(
+                    rollout_id=item.rollout_id,
+                    task_id=item.task_id,
+                    attempt=item.attempt,
+                    status=ABANDONED,
+                    error_type="LeaseExpired",
+                    error_message=item.reason,
+                    span_count=rows[item.rollout_id].span_count,
+                    retried=item.retried,
+                )
+                completions.append(
+                    Completion(
+                        item.rollout_id,
+                        [(EVENT_ROLLOUT, completed.SerializeToString())],
+                        ABANDONED,
+                        "LeaseExpired",
+                        item.reason,
+                    )
+                )
+            done = self.store.complete_rollouts(completions)
+        except Exception:
+            logger.exception(
+                "could not mark %d rollout(s) abandoned; they complete as incomplete later", len(abandoned)
+            )
+            return
+        for rollout_id in done:
+            logger.warning("rollout %s abandoned: its worker lost the lease; never trained on", rollout_id)
+        if done:
+            self.notifier.notify()
 
     def submit(self, rollout_ids: Iterable[str]) -> None:
         due = time.monotonic() + self.settle_s
@@ -75,6 +147,7 @@ class RolloutAssembler:
             if batch:
                 self.activity.wait_quiet(_MAX_DEFER_S)
                 self._complete_safely(batch)
+            self._complete_abandoned()
             if time.monotonic() >= next_sweep:
                 self._sweep()
                 next_sweep = time.monotonic() + self.sweep_interval_s
@@ -92,7 +165,7 @@ class RolloutAssembler:
             except queue.Empty:
                 break
         stop = _STOP in items
-        due = [entry for entry in items if entry is not _STOP]
+        due = [entry for entry in items if entry is not _STOP and entry is not _WAKE]
         if due and not stop:
             delay = max(at for at, _ in due) - time.monotonic()  # type: ignore[misc]
             if delay > 0:
@@ -152,6 +225,9 @@ class RolloutAssembler:
         rows = self.store.rollouts(rollout_ids)
         spans = self.store.rollout_spans([row.rollout_id for row in rows])
         completions = [self.build(row, spans[row.rollout_id]) for row in rows]
+        if self.retry_decider is not None:
+            retried = self.retry_decider(completions)
+            completions = [_marked_retried(c) if c.rollout_id in retried else c for c in completions]
         done = self.store.complete_rollouts(completions)
         self.completed += len(done)
         if done:

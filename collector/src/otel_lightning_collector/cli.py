@@ -35,6 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " http://host:4318/v1/traces (env LIGHTNING_FORWARD_TO)",
     )
     parser.add_argument(
+        "--metrics-listen",
+        default=_env("LIGHTNING_METRICS_LISTEN", "off"),
+        help="host:port of a Prometheus endpoint with the collector's own metrics (e.g. 127.0.0.1:9464);"
+        " 'off' (default) for none (env LIGHTNING_METRICS_LISTEN)",
+    )
+    parser.add_argument(
+        "--metrics-otlp",
+        default=_env("LIGHTNING_METRICS_OTLP", ""),
+        help="also push the collector's metrics over OTLP/gRPC to this endpoint (env LIGHTNING_METRICS_OTLP)",
+    )
+    parser.add_argument(
         "--store",
         default=_env("LIGHTNING_STORE", "otel-lightning.db"),
         help="SQLite file holding spans, rollouts and transitions (env LIGHTNING_STORE)",
@@ -84,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
         listen=args.listen,
         http_listen=None if args.http_listen.lower() in ("", "off", "none") else args.http_listen,
         forward_to=args.forward_to or None,
+        metrics_listen=None if args.metrics_listen.lower() in ("", "off", "none") else args.metrics_listen,
+        metrics_otlp_endpoint=args.metrics_otlp or None,
         store_path=args.store,
         credit=args.credit,
         settle_s=args.settle_ms / 1000.0,

@@ -9,19 +9,23 @@ from pathlib import Path
 
 import grpc
 
+from otel_lightning.v1 import status_pb2_grpc as status_grpc
 from otel_lightning.v1 import tasks_pb2_grpc as pb_grpc
 from otel_lightning_collector.assembler import RolloutAssembler
 from otel_lightning_collector.export_activity import ExportActivity
 from otel_lightning_collector.forwarder import OtlpForwarder
 from otel_lightning_collector.indexer import SpanIndexer
+from otel_lightning_collector.metrics import CollectorMetrics
 from otel_lightning_collector.notifier import Notifier
 from otel_lightning_collector.otlp_http import OtlpHttpReceiver
 from otel_lightning_collector.otlp_receiver import OtlpTraceReceiver
-from otel_lightning_collector.store import Store
+from otel_lightning_collector.status_report import CollectorStatusService, StatusReporter, counters_of
+from otel_lightning_collector.store import Completion, Store
 from otel_lightning_collector.stream_service import TransitionStreamService
 from otel_lightning_collector.task_pool import TaskPool
 from otel_lightning_collector.task_pool_service import TaskPoolService
 from otel_lightning_collector.trace_intake import TraceIntake
+from otel_lightning_collector.transitions import LLM_ERROR
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,9 @@ class CollectorConfig:
     # Pass every export request on to this OTLP endpoint (host:port for gRPC, http://.../v1/traces).
     forward_to: str | None = None
     forward_queue_bytes: int = 64 * 1024 * 1024
+    # The collector's own metrics: a Prometheus endpoint on this host:port, and/or OTLP pushes here.
+    metrics_listen: str | None = None
+    metrics_otlp_endpoint: str | None = None
     # Acknowledged spans held in memory until indexed; beyond it exports are refused (retryable).
     max_pending_spans: int = 50_000
     max_message_bytes: int = 64 * 1024 * 1024
@@ -82,7 +89,8 @@ class CollectorServer:
         )
         self.receiver = OtlpTraceReceiver(self.intake)
         self.stream = TransitionStreamService(self.store, self.notifier)
-        self.task_pool = TaskPool(self.store, max_attempts=config.max_attempts)
+        self.task_pool = TaskPool(self.store, max_attempts=config.max_attempts, on_abandoned=self.assembler.abandon)
+        self.assembler.retry_decider = self._retry_failed_model_calls
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="collector-rpc"),
             options=[
@@ -92,6 +100,11 @@ class CollectorServer:
         )
         self._server.add_generic_rpc_handlers((*self.receiver.handlers(), self.stream.handler()))
         pb_grpc.add_TaskPoolServicer_to_server(TaskPoolService(self.task_pool), self._server)
+        self.status = StatusReporter(
+            self.store, self.task_pool, counters=self._counters, pending=lambda: self.indexer.pending_spans
+        )
+        status_grpc.add_CollectorStatusServicer_to_server(CollectorStatusService(self.status), self._server)
+        self.metrics: CollectorMetrics | None = None
         self.port = self._server.add_insecure_port(config.listen)
         if self.port == 0:
             raise OSError(f"could not listen on {config.listen}: the address is taken or invalid")
@@ -103,23 +116,42 @@ class CollectorServer:
             else None
         )
 
+    def _counters(self) -> dict[str, int]:
+        forwarded = self.forwarder.counters if self.forwarder is not None else None
+        return counters_of("intake", self.intake.counters, "index", self.indexer.counters, "forward", forwarded)
+
+    def _retry_failed_model_calls(self, completions: list[Completion]) -> set[str]:
+        # The model server failed, not the agent: the sample gets another try (up to max_attempts).
+        retry = [(c.rollout_id, f"{c.error_type}: {c.error_message}") for c in completions if c.status == LLM_ERROR]
+        return self.task_pool.retry_rollouts(retry) if retry else set()
+
     def start(self) -> CollectorServer:
         if self.forwarder is not None:
             self.forwarder.start()
         self.indexer.start()
         self.assembler.start()
+        self.task_pool.start_reaper()
         self._server.start()
         if self.http is not None:
             self.http.start()
+        if self.config.metrics_listen or self.config.metrics_otlp_endpoint:
+            self.metrics = CollectorMetrics(
+                self.status,
+                prometheus_listen=self.config.metrics_listen,
+                otlp_endpoint=self.config.metrics_otlp_endpoint,
+            )
         logger.info("otel-lightning collector listening on %s, store %s", self.address, self.store.path)
         return self
 
     def stop(self, grace_s: float = 1.0) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.http is not None:
             self.http.stop()
         self._server.stop(grace_s).wait()
         if self.forwarder is not None:
             self.forwarder.stop()
+        self.task_pool.stop_reaper()
         self.indexer.stop()
         self.assembler.stop()
         self.store.close()

@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     last_seen_ns INTEGER NOT NULL,
     status TEXT,
     error_type TEXT,
-    error_message TEXT
+    error_message TEXT,
+    completed_ns INTEGER
 );
 CREATE INDEX IF NOT EXISTS rollouts_by_state ON rollouts (state, last_seen_ns);
 CREATE TABLE IF NOT EXISTS events (
@@ -155,6 +156,9 @@ class Store:
         self._write_lock = threading.Lock()
         self._writer = self._connect(new_file_page_size=_PAGE_SIZE)
         self._writer.executescript(_SCHEMA)
+        # Stores written before rollouts had a completion time.
+        if "completed_ns" not in {row[1] for row in self._writer.execute("PRAGMA table_info(rollouts)")}:
+            self._writer.execute("ALTER TABLE rollouts ADD COLUMN completed_ns INTEGER")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._closed = threading.Event()
@@ -354,6 +358,16 @@ class Store:
                 spans[rollout_id].append(body)
         return spans
 
+    def ensure_rollouts(self, rollouts: list[tuple[str, str, int]]) -> None:
+        """Rows for (rollout_id, task_id, attempt), open, where none exist (a rollout with no span yet)."""
+        now = time.time_ns()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO rollouts (rollout_id, task_id, attempt, state, last_seen_ns)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(rollout_id, task_id, attempt, OPEN, now) for rollout_id, task_id, attempt in rollouts],
+            )
+
     def ready_rollouts(self) -> list[str]:
         """Open rollouts whose root span is stored (after a restart: the work left undone)."""
         rows = self._reader().execute("SELECT rollout_id FROM rollouts WHERE state = ? AND root_seen = 1", (OPEN,))
@@ -373,19 +387,21 @@ class Store:
         Rollouts that were already completed are skipped; returns the ids that were completed now.
         """
         done: list[str] = []
+        now = time.time_ns()
         with self._write_lock:
             db = self._writer
             db.execute("BEGIN IMMEDIATE")
             try:
                 for completion in completions:
                     cursor = db.execute(
-                        "UPDATE rollouts SET state = ?, status = ?, error_type = ?, error_message = ?"
+                        "UPDATE rollouts SET state = ?, status = ?, error_type = ?, error_message = ?, completed_ns = ?"
                         " WHERE rollout_id = ? AND state = ?",
                         (
                             COMPLETED,
                             completion.status,
                             completion.error_type,
                             completion.error_message,
+                            now,
                             completion.rollout_id,
                             OPEN,
                         ),
@@ -402,6 +418,45 @@ class Store:
                 db.execute("ROLLBACK")
                 raise
         return done
+
+    # --- status -----------------------------------------------------------------------------------
+
+    def status_counts(self, since_ns: int) -> dict[str, tuple[int, int]]:
+        """Completed rollouts by status: (total, completed since `since_ns`)."""
+        rows = self._reader().execute(
+            "SELECT status, COUNT(*), SUM(completed_ns >= ?) FROM rollouts WHERE state = ? GROUP BY status",
+            (since_ns, COMPLETED),
+        )
+        return {status: (total, recent or 0) for status, total, recent in rows}
+
+    def open_rollout_count(self) -> int:
+        return self._reader().execute("SELECT COUNT(*) FROM rollouts WHERE state = ?", (OPEN,)).fetchone()[0]
+
+    def top_errors(self, limit: int) -> list[tuple[str, str, int, str, str, str]]:
+        """The most frequent (status, error_type) of rollouts that did not succeed, each with its
+        latest example: (status, error_type, count, rollout_id, task_id, error_message)."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT status, error_type, COUNT(*), MAX(completed_ns) FROM rollouts WHERE state = ? AND status != ?"
+                " GROUP BY status, error_type ORDER BY COUNT(*) DESC LIMIT ?",
+                (COMPLETED, "succeeded", limit),
+            )
+            .fetchall()
+        )
+        found = []
+        for status, error_type, count, latest in rows:
+            example = self._reader().execute(
+                "SELECT rollout_id, task_id, error_message FROM rollouts"
+                " WHERE state = ? AND status = ? AND error_type IS ? AND completed_ns IS ? LIMIT 1",
+                (COMPLETED, status, error_type, latest),
+            ).fetchone() or ("", "", "")
+            found.append((status, error_type or "", count, example[0], example[1], example[2] or ""))
+        return found
+
+    def consumers(self) -> dict[str, int]:
+        """Durable consumers and their acked sequence."""
+        return dict(self._reader().execute("SELECT name, acked_sequence FROM consumers"))
 
     # --- events and consumers ---------------------------------------------------------------------
 

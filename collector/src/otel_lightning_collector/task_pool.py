@@ -8,12 +8,17 @@ the reason. Each claim gets a fresh rollout id, which the worker's rollout carri
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from otel_lightning_collector.assembler import AbandonedRollout
 from otel_lightning_collector.store import Store
+
+logger = logging.getLogger(__name__)
 
 QUEUED, LEASED, DONE, FAILED = "queued", "leased", "done", "failed"
 
@@ -39,6 +44,7 @@ CREATE TABLE IF NOT EXISTS samples (
     rollout_id TEXT,
     status TEXT,
     error TEXT,
+    retry_reason TEXT,
     UNIQUE (task_id, sample)
 );
 CREATE INDEX IF NOT EXISTS samples_by_state ON samples (state, seq);
@@ -81,11 +87,19 @@ class SampleInfo:
 
 
 class TaskPool:
-    def __init__(self, store: Store, *, max_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_attempts: int = 3,
+        on_abandoned: Callable[[list[AbandonedRollout]], None] | None = None,
+    ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.store = store
         self.max_attempts = max_attempts
+        # Told of the rollouts whose lease expired (the assembler marks them abandoned).
+        self.on_abandoned = on_abandoned
         self._available = threading.Condition()
         with store.transaction() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -95,6 +109,8 @@ class TaskPool:
             for added in _ADDED_TASK_COLUMNS:
                 if added not in columns:
                     db.execute(f"ALTER TABLE tasks ADD COLUMN {added} TEXT NOT NULL DEFAULT ''")
+            if "retry_reason" not in {row[1] for row in db.execute("PRAGMA table_info(samples)")}:
+                db.execute("ALTER TABLE samples ADD COLUMN retry_reason TEXT")
 
     def submit(self, tasks: list[TaskSpec]) -> tuple[int, int]:
         """Add tasks (ids already present are left as they are); returns (accepted, already_known)."""
@@ -178,13 +194,13 @@ class TaskPool:
         error = f"{error_type}: {error_message}".strip(": ")
         with self.store.transaction() as db:
             row = db.execute(
-                "SELECT seq, attempts FROM samples WHERE lease_id = ? AND state = ?", (lease_id, LEASED)
+                "SELECT seq, attempts, retry_reason FROM samples WHERE lease_id = ? AND state = ?", (lease_id, LEASED)
             ).fetchone()
             if row is None:
                 return False
-            seq, attempts = row
-            if requeue:
-                self._requeue(db, seq, attempts, status, error or "the worker asked to requeue")
+            seq, attempts, retry_reason = row
+            if requeue or retry_reason:
+                self._requeue(db, seq, attempts, status, retry_reason or error or "the worker asked to requeue")
             else:
                 db.execute(
                     "UPDATE samples SET state = ?, status = ?, error = ?, attempts = attempts + 1 WHERE seq = ?",
@@ -192,30 +208,84 @@ class TaskPool:
                 )
         return True
 
-    def _requeue(self, db, seq: int, attempts: int, status: str, reason: str) -> None:
+    def retry_rollouts(self, rollouts: list[tuple[str, str]]) -> set[str]:
+        """Put the samples of these (rollout_id, reason) back in the queue (up to max_attempts): rollouts
+        that failed for a reason outside the agent (the model server), so another try is fair.
+        A sample still leased is requeued when its worker completes it. Returns the rollout ids whose
+        sample will run again (the others were not the pool's, or used up their attempts)."""
+        retried: set[str] = set()
+        with self.store.transaction() as db:
+            for rollout_id, reason in rollouts:
+                row = db.execute(
+                    "SELECT seq, attempts, state FROM samples WHERE rollout_id = ?", (rollout_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                seq, attempts, state = row
+                if state == DONE:
+                    # complete() counted the attempt already.
+                    if self._requeue(db, seq, attempts - 1, "llm_error", reason):
+                        retried.add(rollout_id)
+                elif state == LEASED:
+                    db.execute("UPDATE samples SET retry_reason = ? WHERE seq = ?", (reason, seq))
+                    if attempts + 1 < self.max_attempts:  # what complete() will decide
+                        retried.add(rollout_id)
+        return retried
+
+    def start_reaper(self, interval_s: float = 1.0) -> None:
+        """Expire leases every `interval_s` (claims do too, but a pool nobody claims from must notice)."""
+        self._reaping = threading.Event()
+
+        def reap() -> None:
+            while not self._reaping.wait(interval_s):
+                try:
+                    self.expire_leases()
+                except Exception:
+                    logger.exception("could not expire leases; retrying")
+
+        self._reaper = threading.Thread(target=reap, name="lease-reaper", daemon=True)
+        self._reaper.start()
+
+    def stop_reaper(self) -> None:
+        if getattr(self, "_reaping", None) is not None:
+            self._reaping.set()
+            self._reaper.join(timeout=10)
+
+    def _requeue(self, db, seq: int, attempts: int, status: str, reason: str) -> bool:
+        """Back in the queue (True), or failed for good once it used up its attempts (False)."""
         attempts += 1
         if attempts >= self.max_attempts:
             db.execute(
-                "UPDATE samples SET state = ?, attempts = ?, status = ?, error = ?, lease_id = NULL WHERE seq = ?",
+                "UPDATE samples SET state = ?, attempts = ?, status = ?, error = ?, lease_id = NULL,"
+                " retry_reason = NULL WHERE seq = ?",
                 (FAILED, attempts, status, f"gave up after {attempts} attempts; last: {reason}", seq),
             )
-        else:
-            db.execute(
-                "UPDATE samples SET state = ?, attempts = ?, status = ?, error = ?, lease_id = NULL WHERE seq = ?",
-                (QUEUED, attempts, status, reason, seq),
-            )
-            with self._available:
-                self._available.notify_all()
+            return False
+        db.execute(
+            "UPDATE samples SET state = ?, attempts = ?, status = ?, error = ?, lease_id = NULL,"
+            " retry_reason = NULL WHERE seq = ?",
+            (QUEUED, attempts, status, reason, seq),
+        )
+        with self._available:
+            self._available.notify_all()
+        return True
 
     def expire_leases(self) -> int:
-        """Requeue (or fail) samples whose lease ran out; returns how many."""
+        """Requeue (or fail) samples whose lease ran out, and report their rollouts abandoned; returns how many."""
         now = time.time_ns()
+        abandoned = []
         with self.store.transaction() as db:
             rows = db.execute(
-                "SELECT seq, attempts, worker FROM samples WHERE state = ? AND lease_expires_ns < ?", (LEASED, now)
+                "SELECT seq, attempts, worker, task_id, rollout_id FROM samples"
+                " WHERE state = ? AND lease_expires_ns < ?",
+                (LEASED, now),
             ).fetchall()
-            for seq, attempts, worker in rows:
-                self._requeue(db, seq, attempts, "abandoned", f"lease of worker {worker!r} expired")
+            for seq, attempts, worker, task_id, rollout_id in rows:
+                reason = f"lease of worker {worker!r} expired"
+                retried = self._requeue(db, seq, attempts, "abandoned", reason)
+                abandoned.append(AbandonedRollout(rollout_id, task_id, attempts, reason, retried))
+        if abandoned and self.on_abandoned is not None:
+            self.on_abandoned(abandoned)
         return len(rows)
 
     def stats(self) -> dict[str, int]:

@@ -15,11 +15,16 @@ from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning_collector.credit import CreditRule
 from otel_lightning_collector.spans import attributes
 
+# A rollout's status; docs/rollout_status.md says what each means and what the trainer does with it.
 SUCCEEDED = "succeeded"
-FAILED = "failed"
-LLM_ERROR = "llm_error"
-MALFORMED = "malformed"
-INCOMPLETE = "incomplete"
+FAILED = "failed"  # the agent raised (or its process exited non-zero)
+TIMEOUT = "timeout"  # the agent ran past its time limit
+LLM_ERROR = "llm_error"  # a model call failed (server down, overloaded, bad request)
+TOOL_ERROR = "tool_error"  # the agent failed after one of its tools did
+MALFORMED = "malformed"  # spans that cannot form a transition (no LLM call, unreadable messages, bad reward)
+INCOMPLETE = "incomplete"  # the root span never arrived
+ABANDONED = "abandoned"  # the worker lost its lease (crashed, hung, cut off); the sample was requeued
+STATUSES = (SUCCEEDED, FAILED, TIMEOUT, LLM_ERROR, TOOL_ERROR, MALFORMED, INCOMPLETE, ABANDONED)
 
 
 @dataclass
@@ -40,8 +45,22 @@ def _error_of(span: Span) -> tuple[str, str]:
     for event in span.events:
         if event.name == "exception":
             found = attributes(event.attributes)
-            return str(found.get("exception.type", "")), str(found.get("exception.message", ""))
+            return str(found.get("exception.type", "")), str(found.get("exception.message") or span.status.message)
     return "", span.status.message
+
+
+def _failure_of(root: Span, failed_llm: Span | None, failed_tool: Span | None) -> tuple[str, tuple[str, str]]:
+    """Why a rollout whose root span failed failed: its own time limit, else the model call or the
+    tool that failed inside it, else the agent itself. A tool error the agent recovered from is
+    not a failure (the rollout succeeded); an LLM error always is (the model did not answer)."""
+    error_type, message = _error_of(root)
+    if error_type.rpartition(".")[2] == "TimeoutError":
+        return TIMEOUT, (error_type, message)
+    if failed_llm is not None:
+        return LLM_ERROR, _error_of(failed_llm)
+    if failed_tool is not None:
+        return TOOL_ERROR, _error_of(failed_tool)
+    return FAILED, (error_type, message)
 
 
 def _state_json(step_attributes: dict[str, Any]) -> str:
@@ -111,6 +130,7 @@ def build_rollout(
     steps: list[Step] = []
     rewards: list[tuple[int, float]] = []
     failed_llm: Span | None = None
+    failed_tool: Span | None = None
     malformed: list[str] = []
     for span in spans:
         found = attributes(span.attributes)
@@ -123,6 +143,9 @@ def build_rollout(
                 rewards.append((span.start_time_unix_nano, float(value)))
             else:
                 malformed.append(f"reward span {span.span_id.hex()} has no numeric {semconv.REWARD_VALUE}")
+        elif kind == semconv.SPAN_KIND_TOOL:
+            if span.status.code == Status.STATUS_CODE_ERROR:
+                failed_tool = failed_tool or span
         elif kind == semconv.SPAN_KIND_LLM:
             if span.status.code == Status.STATUS_CODE_ERROR:
                 failed_llm = failed_llm or span
@@ -137,8 +160,7 @@ def build_rollout(
     if root is None:
         status, error_message = root_missing_status, "the rollout's root span never arrived"
     elif root.status.code == Status.STATUS_CODE_ERROR:
-        status = FAILED
-        error_type, error_message = _error_of(root)
+        status, (error_type, error_message) = _failure_of(root, failed_llm, failed_tool)
     elif failed_llm is not None:
         status = LLM_ERROR
         error_type, error_message = _error_of(failed_llm)

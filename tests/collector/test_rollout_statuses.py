@@ -1,0 +1,187 @@
+"""Every rollout ends with a status that says what went wrong, and faults of the infrastructure are retried."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from otel_lightning import semconv
+from otel_lightning.task_client import TaskPoolClient
+from otel_lightning.testing.openai_stub import StubOpenAIServer
+from otel_lightning_collector import CollectorConfig, CollectorServer
+from otel_lightning_collector.spans import key_value
+from tests.collector.test_ingest_robustness import exporter
+from tests.support import SpanFactory, export_request, rollouts, transitions, wait_for_rollouts
+
+
+def failed(span, error_type: str, message: str = "boom"):
+    span.status.code = 2  # STATUS_CODE_ERROR
+    span.status.message = message
+    event = span.events.add(name="exception")
+    event.attributes.append(key_value("exception.type", error_type))
+    return span
+
+
+def tool_span(spans: SpanFactory, error: bool):
+    span = spans._span("execute_tool calculator", {semconv.SPAN_KIND: semconv.SPAN_KIND_TOOL}, parent=spans.root_id)
+    return failed(span, "ValueError", "bad expression") if error else span
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "status", "error_type"),
+    [
+        ("ok", lambda s: [s.llm("q", "a"), s.root()], "succeeded", ""),
+        ("agent", lambda s: [s.llm("q", "a"), failed(s.root(), "KeyError")], "failed", "KeyError"),
+        ("slow", lambda s: [s.llm("q", "a"), failed(s.root(), "TimeoutError")], "timeout", "TimeoutError"),
+        (
+            "model",
+            lambda s: [failed(s.llm("q", "a"), "openai.APIConnectionError"), failed(s.root(), "APIConnectionError")],
+            "llm_error",
+            "openai.APIConnectionError",
+        ),
+        (
+            "tool",
+            lambda s: [s.llm("q", "a"), tool_span(s, True), failed(s.root(), "ValueError")],
+            "tool_error",
+            "ValueError",
+        ),
+        ("recovered", lambda s: [s.llm("q", "a"), tool_span(s, True), s.llm("q2", "a2"), s.root()], "succeeded", ""),
+        ("silent", lambda s: [s.reward(1.0), s.root()], "malformed", ""),
+    ],
+)
+def test_statuses(collector, name, build, status, error_type):
+    spans = SpanFactory(rollout_id=f"r-{name}")
+    exporter(collector.address)(export_request(*build(spans)))
+    [done] = rollouts(wait_for_rollouts(collector.address, 1))
+    assert (done.status, done.error_type) == (status, error_type)
+
+
+WORKER_AGENT = textwrap.dedent(
+    """
+    import os, time
+    import openai
+    import otel_lightning as ol
+
+    def run(task):
+        client = openai.OpenAI(max_retries=0, timeout=5)
+        reply = client.chat.completions.create(model="stub", messages=[{"role": "user", "content": task["question"]}])
+        if os.environ.get("HANG_AFTER_FIRST_CALL"):
+            time.sleep(600)
+        ol.emit_reward(1.0)
+        return reply.choices[0].message.content
+    """
+)
+
+
+def start_worker(collector: CollectorServer, directory, base_url: str, **env: str) -> subprocess.Popen:
+    (directory / "hanging_agent.py").write_text(WORKER_AGENT)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "otel_lightning.cli",
+            "worker",
+            "--collector",
+            collector.address,
+            "--concurrency",
+            "1",
+            "--lease",
+            "1.5",
+            "--openai-base-url",
+            base_url,
+            "hanging_agent:run",
+        ],
+        cwd=directory,
+        env={**os.environ, "OPENAI_API_KEY": "unused", "OTEL_BSP_SCHEDULE_DELAY": "50", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_until(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_rollout_leaves_it_abandoned_and_the_sample_runs_again(collector, openai_stub, tmp_path):
+    pool = TaskPoolClient(collector.address)
+    pool.submit([("t-kill", {"question": "What is 6 * 7?"})])
+    doomed = start_worker(collector, tmp_path, openai_stub.base_url, HANG_AFTER_FIRST_CALL="1")
+    try:
+        # Killed once its model call is on record: mid-rollout, with spans already exported.
+        wait_until(lambda: collector.indexer.counters.spans_stored >= 1)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+        events = wait_for_rollouts(collector.address, 1, timeout_s=30)
+        [abandoned] = rollouts(events)
+        assert (abandoned.status, abandoned.error_type, abandoned.retried) == ("abandoned", "LeaseExpired", True)
+        assert abandoned.span_count >= 1 and not transitions(events)  # never trained on
+        healthy = start_worker(collector, tmp_path, openai_stub.base_url)
+        try:
+            events = wait_for_rollouts(collector.address, 2, timeout_s=60)
+        finally:
+            healthy.terminate()
+            healthy.wait(10)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+    retried = [r for r in rollouts(events) if r.status == "succeeded"]
+    assert len(retried) == 1 and retried[0].attempt == 1 and retried[0].task_id == "t-kill"
+    assert [t.rollout_id for t in transitions(events)] == [retried[0].rollout_id]
+    assert pool.sample_states("t-kill")[0].state == "done"
+
+
+def test_a_model_server_that_is_down_gives_llm_error_and_the_sample_is_retried(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "c.db", max_attempts=3)
+    with CollectorServer(config) as collector:
+        pool = TaskPoolClient(collector.address)
+        pool.submit([("t-down", {"question": "What is 6 * 7?"})])
+        worker = start_worker(collector, tmp_path, f"http://127.0.0.1:{port}/v1")
+        try:
+            [first] = rollouts(wait_for_rollouts(collector.address, 1, timeout_s=30))
+            assert first.status == "llm_error" and "Connection" in first.error_type and first.retried
+            # The server comes back; the pool gave the sample another attempt.
+            with StubOpenAIServer(port=port):
+                events = wait_for_rollouts(collector.address, 2, timeout_s=60)
+                wait_until(lambda: pool.sample_states("t-down")[0].state == "done")
+        finally:
+            worker.terminate()
+            worker.wait(10)
+    statuses = [(r.status, r.attempt) for r in rollouts(events)]
+    assert statuses[0] == ("llm_error", 0) and statuses[-1] == ("succeeded", statuses[-1][1])
+    assert statuses[-1][1] >= 1
+
+
+def test_a_sample_that_used_up_its_attempts_is_not_retried_and_fills_its_group(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "c.db", max_attempts=2)
+    with CollectorServer(config) as collector:
+        TaskPoolClient(collector.address).submit([("t-gone", {"question": "What is 6 * 7?"})])
+        worker = start_worker(collector, tmp_path, dead)
+        try:
+            events = wait_for_rollouts(collector.address, 2, timeout_s=60)
+        finally:
+            worker.terminate()
+            worker.wait(10)
+        from otel_lightning.stream_client import TransitionStreamClient
+        from otel_lightning.train.trainer import RolloutGroups
+
+        groups = RolloutGroups(TransitionStreamClient(collector.address, consumer="trainer"))
+        [record] = groups.collect({"t-gone": 1}, timeout_s=30)["t-gone"][-1:]
+        groups.close()
+    assert [(r.status, r.retried) for r in rollouts(events)] == [("llm_error", True), ("llm_error", False)]
+    assert (record.status, record.retried) == ("llm_error", False)
