@@ -75,6 +75,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="normal: survives a killed collector; full: also survives power loss (slower)",
     )
     parser.add_argument(
+        "--max-store-mb",
+        type=float,
+        default=float(_env("LIGHTNING_MAX_STORE_MB", "0")),
+        help="the most the store file may grow to, in MB (0: no limit but the disk); when full, exports are"
+        " refused with a retryable error and what is stored is kept (env LIGHTNING_MAX_STORE_MB)",
+    )
+    parser.add_argument(
         "--max-attempts",
         type=int,
         default=int(_env("LIGHTNING_MAX_ATTEMPTS", "3")),
@@ -103,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         rollout_timeout_s=args.rollout_timeout,
         durability=args.durability,
         max_attempts=args.max_attempts,
+        max_store_bytes=int(args.max_store_mb * 1024 * 1024) or None,
         train_agents=tuple(p.strip() for p in args.train_agents.split(",") if p.strip()),
     )
     server = CollectorServer(config).start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 _STOP = object()
 _REASONS_LOGGED = 5
+_MAX_RETRY_S = 5.0
 # Deferral to in-flight exports (see ExportActivity), bounded, and only while the backlog is under
 # half its bound.
 _MAX_DEFER_S = 1.0
@@ -61,6 +63,7 @@ class SpanIndexer:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._pending_spans = 0
         self._idle = threading.Condition()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="span-indexer", daemon=True)
 
     @property
@@ -78,6 +81,7 @@ class SpanIndexer:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
 
@@ -103,7 +107,7 @@ class SpanIndexer:
                     break
             batches = [item for item in items if item is not _STOP]
             try:
-                self._index(batches)
+                self._index_until_stored(batches, stopping=_STOP in items)
             except Exception:
                 # The batches stay in the store: the next start indexes them.
                 logger.exception("could not index %d export request(s); they are kept for the next start", len(batches))
@@ -115,6 +119,20 @@ class SpanIndexer:
                     self._idle.notify_all()
             if _STOP in items:
                 return
+
+    def _index_until_stored(self, batches: list[tuple[int, Any, int]], stopping: bool) -> None:
+        """Index, retrying while the store cannot be written (a full disk): the batches are already
+        durable, so they wait (the intake refuses new exports meanwhile) rather than being skipped."""
+        backoff = 0.1
+        while True:
+            try:
+                return self._index(batches)
+            except sqlite3.OperationalError as error:
+                if stopping or self._stopping.is_set():
+                    raise
+                logger.error("store %s cannot take spans (%s); retrying in %.1fs", self.store.path, error, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _MAX_RETRY_S)
 
     def _defer_to_exports(self) -> None:
         if self._pending_spans < self.max_pending_spans // 2:

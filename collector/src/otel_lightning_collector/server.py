@@ -38,6 +38,8 @@ class CollectorConfig:
     settle_s: float = 0.0
     rollout_timeout_s: float = 600.0
     durability: str = "normal"  # "normal": survives a killed process; "full": also power loss
+    # The most the store file may grow to (None: the disk's free space); when full, exports are refused.
+    max_store_bytes: int | None = None
     max_workers: int = 32
     max_concurrent_exports: int = 16
     # OTLP/HTTP (`/v1/traces`) on this host:port too; None: gRPC only.
@@ -61,7 +63,7 @@ class CollectorServer:
 
     def __init__(self, config: CollectorConfig) -> None:
         self.config = config
-        self.store = Store(config.store_path, synchronous=config.durability.upper())
+        self.store = Store(config.store_path, synchronous=config.durability.upper(), max_bytes=config.max_store_bytes)
         self.notifier = Notifier()
         self.activity = ExportActivity()
         self.assembler = RolloutAssembler(

@@ -148,7 +148,8 @@ class StoredEvent:
 class Store:
     """Thread-safe: one writer connection behind a lock, one reader connection per thread."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", max_bytes: int | None = None) -> None:
+        """`max_bytes`: the most the database file may grow to; beyond it writes fail as on a full disk."""
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +160,9 @@ class Store:
         # Stores written before rollouts had a completion time.
         if "completed_ns" not in {row[1] for row in self._writer.execute("PRAGMA table_info(rollouts)")}:
             self._writer.execute("ALTER TABLE rollouts ADD COLUMN completed_ns INTEGER")
+        if max_bytes:
+            page_size = self._writer.execute("PRAGMA page_size").fetchone()[0]
+            self._writer.execute(f"PRAGMA max_page_count={max(max_bytes // page_size, 1)}")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._closed = threading.Event()
