@@ -17,6 +17,9 @@ from otel_lightning.v1 import transitions_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
+# A transition holds its prompt twice (state and the previous step's next_state): gRPC's default
+# 4 MB receive limit would refuse a long-context step.
+CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 256 * 1024 * 1024),)
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 _CLOSE = object()
 
@@ -58,7 +61,7 @@ class TransitionStreamClient:
         self.max_in_flight = max_in_flight
         self.auto_ack = auto_ack
         self.reconnect_timeout_s = reconnect_timeout_s
-        self._channel = channel or grpc.insecure_channel(target)
+        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.TransitionStreamStub(self._channel)
         self._delivered = start_after
         self._acked = start_after
