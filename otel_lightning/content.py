@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 from typing import Any
 
 from otel_lightning import semconv
@@ -17,7 +19,40 @@ def capture_content_enabled() -> bool:
     return os.environ.get(semconv.ENV_CAPTURE_CONTENT, "true").strip().lower() not in ("0", "false", "no", "off")
 
 
+REDACTED = "[REDACTED]"
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(pattern: str) -> re.Pattern[str] | None:
+    return re.compile(pattern) if pattern else None
+
+
+def redaction_pattern() -> re.Pattern[str] | None:
+    """LIGHTNING_REDACT_PATTERN, compiled: what to blank out of captured content (e.g. e-mail addresses)."""
+    return _compiled(os.environ.get(semconv.ENV_REDACT_PATTERN, ""))
+
+
+def redacted(value: Any) -> Any:
+    """`value` with every match of LIGHTNING_REDACT_PATTERN in its strings replaced by [REDACTED]
+    (dicts and lists walked, keys kept): JSON made from it stays valid JSON."""
+    pattern = redaction_pattern()
+    if pattern is None:
+        return value
+    return _redact(value, pattern)
+
+
+def _redact(value: Any, pattern: re.Pattern[str]) -> Any:
+    if isinstance(value, str):
+        return pattern.sub(REDACTED, value)
+    if isinstance(value, dict):
+        return {key: _redact(item, pattern) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact(item, pattern) for item in value]
+    return value
+
+
 def bounded(value: Any, limit: int = MAX_TOOL_CONTENT_CHARS) -> str:
-    """`value` as text (JSON where it is not a string), cut to `limit` characters with a marker."""
+    """`value` as text (JSON where it is not a string), redacted, cut to `limit` characters with a marker."""
+    value = redacted(value)
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= limit else f"{text[:limit]}…[{len(text) - limit} more characters]"

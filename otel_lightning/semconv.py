@@ -80,6 +80,8 @@ POLICY_VERSION = "lightning.policy.version"
 # --- configuration ------------------------------------------------------------------------------
 # Set to "false" to keep prompts and completions out of spans (they may hold private data).
 ENV_CAPTURE_CONTENT = "LIGHTNING_CAPTURE_CONTENT"
+# A regular expression; its matches in captured content (messages, tool arguments and results) become [REDACTED].
+ENV_REDACT_PATTERN = "LIGHTNING_REDACT_PATTERN"
 # Set to "true" to ask a vLLM-style model server for token ids and logprobs on every chat completion
 # (`return_token_ids`); the worker sets it for agents it points at a policy server.
 ENV_REQUEST_TOKEN_IDS = "LIGHTNING_REQUEST_TOKEN_IDS"

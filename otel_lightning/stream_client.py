@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from otel_lightning.channels import open_channel
 from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning.v1 import transitions_pb2_grpc as pb_grpc
 
@@ -61,7 +62,7 @@ class TransitionStreamClient:
         self.max_in_flight = max_in_flight
         self.auto_ack = auto_ack
         self.reconnect_timeout_s = reconnect_timeout_s
-        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = channel or open_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.TransitionStreamStub(self._channel)
         self._delivered = start_after
         self._acked = start_after

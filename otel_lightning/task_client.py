@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from otel_lightning.channels import open_channel
 from otel_lightning.v1 import tasks_pb2 as pb
 from otel_lightning.v1 import tasks_pb2_grpc as pb_grpc
 
@@ -14,7 +15,7 @@ from otel_lightning.v1 import tasks_pb2_grpc as pb_grpc
 class TaskPoolClient:
     def __init__(self, target: str, channel: grpc.Channel | None = None) -> None:
         self.target = target
-        self._channel = channel or grpc.insecure_channel(target)
+        self._channel = channel or open_channel(target)
         self._stub = pb_grpc.TaskPoolStub(self._channel)
 
     def submit(

@@ -6,7 +6,10 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from otel_lightning.channels import ENV_TLS_CA
 
 
 def setup_worker_tracing(collector: str) -> None:
@@ -19,11 +22,17 @@ def setup_worker_tracing(collector: str) -> None:
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{collector}")
+    exporter_options: dict = {"insecure": True}
+    tls_ca = os.environ.get(ENV_TLS_CA)
+    if tls_ca:  # the collector speaks TLS: trust its CA (the exporter's token comes from OTEL_EXPORTER_OTLP_HEADERS)
+        import grpc
+
+        exporter_options = {"credentials": grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())}
     provider = TracerProvider()
     # A rollout is waited for by a trainer: its spans go out within 0.2 s, not the SDK's default 5 s.
     delay_ms = None if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else 200
     provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True), schedule_delay_millis=delay_ms)
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, **exporter_options), schedule_delay_millis=delay_ms)
     )
     trace.set_tracer_provider(provider)
     try:

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 
+from otel_lightning_collector.auth import ROLES
 from otel_lightning_collector.credit import CREDIT_RULES
 from otel_lightning_collector.server import CollectorConfig, CollectorServer
 
@@ -45,6 +46,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=_env("LIGHTNING_METRICS_OTLP", ""),
         help="also push the collector's metrics over OTLP/gRPC to this endpoint (env LIGHTNING_METRICS_OTLP)",
     )
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        default=_env("LIGHTNING_ALLOW_REMOTE", "") in ("1", "true", "yes"),
+        help="allow listening on addresses other machines can reach (the store holds prompts; use tokens and TLS)"
+        " (env LIGHTNING_ALLOW_REMOTE=1)",
+    )
+    for role in ROLES:
+        parser.add_argument(
+            f"--{role}-token",
+            default=_env(f"LIGHTNING_{role.upper()}_TOKEN", ""),
+            help=f"bearer token the {role}s must send (env LIGHTNING_{role.upper()}_TOKEN; none: no check)",
+        )
+    parser.add_argument(
+        "--tls-cert", default=_env("LIGHTNING_TLS_CERT", ""), help="PEM certificate chain: TLS on every endpoint"
+    )
+    parser.add_argument("--tls-key", default=_env("LIGHTNING_TLS_KEY", ""), help="PEM private key of --tls-cert")
     parser.add_argument(
         "--store",
         default=_env("LIGHTNING_STORE", "otel-lightning.db"),
@@ -104,6 +122,10 @@ def _run(args: argparse.Namespace) -> int:
         forward_to=args.forward_to or None,
         metrics_listen=None if args.metrics_listen.lower() in ("", "off", "none") else args.metrics_listen,
         metrics_otlp_endpoint=args.metrics_otlp or None,
+        allow_remote=args.allow_remote,
+        tokens={role: getattr(args, f"{role}_token") for role in ROLES if getattr(args, f"{role}_token")},
+        tls_cert_file=args.tls_cert or None,
+        tls_key_file=args.tls_key or None,
         store_path=args.store,
         credit=args.credit,
         settle_s=args.settle_ms / 1000.0,

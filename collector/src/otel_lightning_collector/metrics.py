@@ -7,9 +7,14 @@ read at most once per second however many instruments ask.
 
 from __future__ import annotations
 
+import socket
+import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -17,6 +22,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 
 from otel_lightning.v1 import status_pb2 as pb
+from otel_lightning_collector.auth import TokenCheck
 from otel_lightning_collector.status_report import StatusReporter
 from otel_lightning_collector.version import __version__
 
@@ -26,7 +32,13 @@ PREFIX = "lightning.collector"
 
 class CollectorMetrics:
     def __init__(
-        self, reporter: StatusReporter, *, prometheus_listen: str | None = None, otlp_endpoint: str | None = None
+        self,
+        reporter: StatusReporter,
+        *,
+        prometheus_listen: str | None = None,
+        otlp_endpoint: str | None = None,
+        tokens: TokenCheck | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.reporter = reporter
         self._report: pb.StatusReport | None = None
@@ -36,13 +48,12 @@ class CollectorMetrics:
         readers: list[MetricReader] = []
         if prometheus_listen:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from prometheus_client import CollectorRegistry, start_http_server
+            from prometheus_client import CollectorRegistry
 
             # A registry of its own: several collectors in one process do not mix their metrics.
             registry = CollectorRegistry()
             readers.append(PrometheusMetricReader(registry=registry))
-            host, _, port = prometheus_listen.rpartition(":")
-            self._http, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+            self._http = serve_metrics(registry, prometheus_listen, tokens or TokenCheck({}), tls)
             self.prometheus_port = self._http.server_port
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -105,3 +116,40 @@ class CollectorMetrics:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: socket.socket, client_address: Any) -> None:
+        if self.tls is not None:  # the handshake on the connection's thread, not in the accept loop
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+        super().finish_request(request, client_address)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve_metrics(registry: Any, listen: str, tokens: TokenCheck, tls: ssl.SSLContext | None) -> WSGIServer:
+    """The Prometheus text endpoint (`/metrics`), behind the collector's tokens (any role) and TLS."""
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if tokens.enabled and tokens.role_of(environ.get("HTTP_AUTHORIZATION")) is None:
+            start_response("401 Unauthorized", [("WWW-Authenticate", "Bearer"), ("Content-Type", "text/plain")])
+            return [b"send 'Authorization: Bearer <token>' with a token of this collector\n"]
+        return metrics_app(environ, start_response)
+
+    host, _, port = listen.rpartition(":")
+    server = make_server(host.strip("[]") or "127.0.0.1", int(port), app, _MetricsServer, handler_class=_QuietHandler)
+    server.tls = tls
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

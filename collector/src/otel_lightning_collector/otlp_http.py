@@ -11,17 +11,21 @@ import base64
 import gzip
 import json
 import logging
+import socket
+import ssl
 import threading
 import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from otel_lightning_collector.auth import TokenCheck
 from otel_lightning_collector.trace_intake import ExportRefusedError, TraceIntake
 
 logger = logging.getLogger(__name__)
@@ -32,6 +36,19 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 RETRY_AFTER_S = 1
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+# The gRPC method each path stands for, for the role check.
+_GRPC_METHODS = {
+    "/v1/traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "/v1/metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    "/v1/logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+}
+_RPC_CODES = {
+    HTTPStatus.SERVICE_UNAVAILABLE: 14,
+    HTTPStatus.UNAUTHORIZED: 16,
+    HTTPStatus.FORBIDDEN: 7,
+    HTTPStatus.NOT_FOUND: 5,
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: 8,
+}
 
 
 class BadRequestError(ValueError):
@@ -95,6 +112,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be {PROTOBUF} or {JSON}, not {content_type!r}"
             )
+        refused = self.server.tokens.check(_GRPC_METHODS[path], self.headers.get("Authorization"))
+        if refused is not None:
+            self._drain()
+            code, message = refused
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                return self._error(HTTPStatus.UNAUTHORIZED, message, as_json, headers={"WWW-Authenticate": "Bearer"})
+            return self._error(HTTPStatus.FORBIDDEN, message, as_json)
         intake = self.server.intake
         try:
             body = self._body()
@@ -144,10 +168,19 @@ class _Handler(BaseHTTPRequestHandler):
             return json_format.MessageToJson(message, indent=None).encode()
         return message.SerializeToString()
 
-    def _error(self, status: HTTPStatus, message: str, as_json: bool = False, *, retry_after: bool = False) -> None:
-        code = 14 if retry_after else 3  # google.rpc.Code UNAVAILABLE / INVALID_ARGUMENT
+    def _error(
+        self,
+        status: HTTPStatus,
+        message: str,
+        as_json: bool = False,
+        *,
+        retry_after: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        code = _RPC_CODES.get(status, 3)  # google.rpc.Code; INVALID_ARGUMENT for bad requests
         body = self._encode(status_pb2.Status(code=code, message=message), as_json)
-        self._reply(status, body, as_json, {"Retry-After": str(RETRY_AFTER_S)} if retry_after else {})
+        headers = {**(headers or {}), **({"Retry-After": str(RETRY_AFTER_S)} if retry_after else {})}
+        self._reply(status, body, as_json, headers)
 
     def _reply(self, status: HTTPStatus, body: bytes, as_json: bool, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -167,23 +200,46 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     intake: TraceIntake
     max_body_bytes: int
+    tokens: TokenCheck
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: socket.socket, client_address: Any) -> None:
+        # The TLS handshake happens here, on the connection's own thread, not in the accept loop.
+        if self.tls is not None:
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as error:
+                logger.info("TLS handshake with %s failed: %s", client_address, error)
+                return
+        super().finish_request(request, client_address)
 
 
 class OtlpHttpReceiver:
     """`start()` serves on `listen` (host:port; port 0 for any) in a thread; `address` is the bound one."""
 
-    def __init__(self, intake: TraceIntake, listen: str, *, max_body_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        intake: TraceIntake,
+        listen: str,
+        *,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        tokens: TokenCheck | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         host, _, port = listen.rpartition(":")
         self._server = _Server((host.strip("[]") or "127.0.0.1", int(port)), _Handler)
         self._server.intake = intake
         self._server.max_body_bytes = max_body_bytes
+        self._server.tokens = tokens or TokenCheck({})
+        self._server.tls = tls
+        self.scheme = "https" if tls else "http"
         self.port = self._server.server_address[1]
         self.address = f"{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-http", daemon=True)
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.address}{TRACES_PATH}"
+        return f"{self.scheme}://{self.address}{TRACES_PATH}"
 
     def start(self) -> None:
         self._thread.start()

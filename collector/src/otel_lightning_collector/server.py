@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import ssl
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -12,6 +14,7 @@ import grpc
 from otel_lightning.v1 import status_pb2_grpc as status_grpc
 from otel_lightning.v1 import tasks_pb2_grpc as pb_grpc
 from otel_lightning_collector.assembler import RolloutAssembler
+from otel_lightning_collector.auth import BearerTokenInterceptor, TokenCheck
 from otel_lightning_collector.export_activity import ExportActivity
 from otel_lightning_collector.forwarder import OtlpForwarder
 from otel_lightning_collector.indexer import SpanIndexer
@@ -38,6 +41,13 @@ class CollectorConfig:
     settle_s: float = 0.0
     rollout_timeout_s: float = 600.0
     durability: str = "normal"  # "normal": survives a killed process; "full": also power loss
+    # Listening on anything but the loopback interface must be asked for (the data holds prompts).
+    allow_remote: bool = False
+    # Bearer tokens by role (exporter, worker, trainer); none: no checks.
+    tokens: dict[str, str] = field(default_factory=dict)
+    # TLS for every endpoint (gRPC, OTLP/HTTP, metrics): PEM certificate chain and private key files.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     # The most the store file may grow to (None: the disk's free space); when full, exports are refused.
     max_store_bytes: int | None = None
     max_workers: int = 32
@@ -58,11 +68,30 @@ class CollectorConfig:
     train_agents: tuple[str, ...] = ()
 
 
+def is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 class CollectorServer:
     """Start with `start()` (or as a context manager); `port` is the bound port (listen on :0 for any)."""
 
     def __init__(self, config: CollectorConfig) -> None:
         self.config = config
+        for listen in (config.listen, config.http_listen, config.metrics_listen):
+            if listen and not config.allow_remote and not is_loopback(listen):
+                raise ValueError(
+                    f"{listen} is reachable from other machines; the collector holds prompts and answers."
+                    " Listen on 127.0.0.1, or allow it explicitly (--allow-remote; with tokens and TLS)"
+                )
+        if bool(config.tls_cert_file) != bool(config.tls_key_file):
+            raise ValueError("TLS needs both a certificate file and its private key file")
+        self.tokens = TokenCheck(config.tokens)
         self.store = Store(config.store_path, synchronous=config.durability.upper(), max_bytes=config.max_store_bytes)
         self.notifier = Notifier()
         self.activity = ExportActivity()
@@ -95,6 +124,7 @@ class CollectorServer:
         self.assembler.retry_decider = self._retry_failed_model_calls
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="collector-rpc"),
+            interceptors=[BearerTokenInterceptor(self.tokens)] if self.tokens.enabled else None,
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
@@ -107,16 +137,35 @@ class CollectorServer:
         )
         status_grpc.add_CollectorStatusServicer_to_server(CollectorStatusService(self.status), self._server)
         self.metrics: CollectorMetrics | None = None
-        self.port = self._server.add_insecure_port(config.listen)
+        if config.tls_cert_file:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(config.tls_key_file).read_bytes(), Path(config.tls_cert_file).read_bytes())]
+            )
+            self.port = self._server.add_secure_port(config.listen, credentials)
+        else:
+            self.port = self._server.add_insecure_port(config.listen)
         if self.port == 0:
             raise OSError(f"could not listen on {config.listen}: the address is taken or invalid")
         host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
         self.http = (
-            OtlpHttpReceiver(self.intake, config.http_listen, max_body_bytes=config.max_message_bytes)
+            OtlpHttpReceiver(
+                self.intake,
+                config.http_listen,
+                max_body_bytes=config.max_message_bytes,
+                tokens=self.tokens,
+                tls=self._tls_context(),
+            )
             if config.http_listen
             else None
         )
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert_file:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+        return context
 
     def _counters(self) -> dict[str, int]:
         forwarded = self.forwarder.counters if self.forwarder is not None else None
@@ -141,6 +190,8 @@ class CollectorServer:
                 self.status,
                 prometheus_listen=self.config.metrics_listen,
                 otlp_endpoint=self.config.metrics_otlp_endpoint,
+                tokens=self.tokens,
+                tls=self._tls_context(),
             )
         logger.info("otel-lightning collector listening on %s, store %s", self.address, self.store.path)
         return self

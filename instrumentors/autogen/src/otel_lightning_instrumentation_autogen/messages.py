@@ -16,6 +16,8 @@ from autogen_core.models import (
     UserMessage,
 )
 
+from otel_lightning.content import redacted
+
 
 def _text(content: Any) -> str:
     if isinstance(content, str):
@@ -71,4 +73,4 @@ def tool_definitions(schemas: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json.dumps(redacted(value), ensure_ascii=False, default=str)

@@ -14,7 +14,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage, ToolMessage, convert_to_openai_messages, messages_from_dict
 
 from otel_lightning import semconv
-from otel_lightning.content import bounded
+from otel_lightning.content import bounded, redacted
 
 # Set by `create_agent` (and re-asserted by each subagent); LangGraph's node name is the fallback.
 AGENT_NAME_METADATA = "lc_agent_name"
@@ -51,7 +51,7 @@ def _messages(serialized: Any) -> list[BaseMessage]:
 
 
 def _openai_json(messages: list[BaseMessage]) -> str:
-    return json.dumps(convert_to_openai_messages(messages), ensure_ascii=False, default=str)
+    return json.dumps(redacted(convert_to_openai_messages(messages)), ensure_ascii=False, default=str)
 
 
 def _tool_definitions(run: Any) -> list[Any]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from otel_lightning import semconv
+from otel_lightning.content import redacted
 
 CHAT_COMPLETIONS = "chat.completions"
 RESPONSES = "responses"
@@ -35,7 +36,7 @@ def to_jsonable(value: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(to_jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(redacted(to_jsonable(value)), ensure_ascii=False, separators=(",", ":"))
 
 
 def _is_not_given(value: Any) -> bool:
