@@ -27,6 +27,8 @@ BENCHMARKS = (
     ("openai_instrumentation_overhead.py", [], ["--rounds", "5"]),
     ("instrumentation_overhead.py", [], ["--rounds", "3", "--runs", "10"]),
     ("train_loop.py", [], ["--steps", "3"]),
+    # The full 10-minute soak is `python benchmarks/soak.py`; the table takes a shorter one.
+    ("soak.py", ["--minutes", "3"], ["--minutes", "1", "--fault-every", "15"]),
 )
 
 
@@ -107,6 +109,16 @@ def rows(script: str, found: dict[str, Any]) -> list[tuple[str, str]]:
                 f"demo training loop, rollouts/s ({found['rollouts_per_step']} rollouts per GRPO step)",
                 f"{found['train_rollouts_per_s']:.1f} (trainer step {found['trainer_step_s_mean'] * 1000:.0f} ms,"
                 f" waiting {found['trainer_wait_share']:.0%})",
+            )
+        ]
+    if script == "soak.py":
+        faults = ", ".join(f"{count} {name}" for name, count in sorted(found["faults"].items()))
+        return [
+            (
+                f"soak, {found['minutes']:g} min with faults ({faults})",
+                f"{found['rollouts_completed']:,} rollouts, {found['transitions_consumed']:,} transitions consumed,"
+                f" lost {found['lost']}, duplicated {found['duplicated']},"
+                f" collector peak RSS {found['collector_peak_rss_mb']} MB",
             )
         ]
     return [(key, str(value)) for key, value in found.items()]

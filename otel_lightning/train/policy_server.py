@@ -7,6 +7,7 @@ and `policy_version` in every response so each transition records which weights 
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
@@ -104,8 +105,18 @@ def chat_completion(
     }
 
 
-def create_app(policy: TorchPolicy, scheduler: BatchScheduler) -> FastAPI:
+def create_app(policy: TorchPolicy, scheduler: BatchScheduler, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="otel-lightning policy server")
+
+    if api_key:
+        # OpenAI clients send their api_key as a bearer token: the policy server can ask for one.
+        @app.middleware("http")
+        async def require_api_key(request: Request, call_next: Any) -> Any:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), api_key.encode()):
+                message = "send this policy server's API key (OPENAI_API_KEY) as 'Authorization: Bearer <key>'"
+                return JSONResponse({"error": {"message": message, "type": "invalid_api_key"}}, 401)
+            return await call_next(request)
 
     # Errors in the OpenAI shape, so OpenAI clients show the reason.
     @app.exception_handler(HTTPException)
@@ -134,10 +145,34 @@ def create_app(policy: TorchPolicy, scheduler: BatchScheduler) -> FastAPI:
 class PolicyServer:
     """uvicorn in a background thread: `with PolicyServer(policy) as server: server.base_url`."""
 
-    def __init__(self, policy: TorchPolicy, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        policy: TorchPolicy,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        api_key: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        allow_remote: bool = False,
+    ) -> None:
+        if not allow_remote and host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                f"{host} is reachable from other machines; serve on 127.0.0.1, or allow it explicitly"
+                " (--allow-remote; with --api-key and TLS)"
+            )
         self.scheduler = BatchScheduler(policy)
-        app = create_app(policy, self.scheduler)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        app = create_app(policy, self.scheduler, api_key)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            ssl_certfile=tls_cert_file,
+            ssl_keyfile=tls_key_file,
+        )
+        self.scheme = "https" if tls_cert_file else "http"
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="policy-server", daemon=True)
         self.host = host
@@ -151,7 +186,7 @@ class PolicyServer:
                 raise RuntimeError("the policy server did not start; see the log above")
             time.sleep(0.01)
         port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.base_url = f"http://{self.host}:{port}/v1"
+        self.base_url = f"{self.scheme}://{self.host}:{port}/v1"
         return self
 
     def stop(self) -> None:

@@ -47,7 +47,7 @@ class Transition(_message.Message):
     def __init__(self, rollout_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., step: _Optional[int] = ..., agent: _Optional[str] = ..., state_json: _Optional[str] = ..., action_json: _Optional[str] = ..., reward: _Optional[float] = ..., next_state_json: _Optional[str] = ..., done: _Optional[bool] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., response_token_ids: _Optional[_Iterable[int]] = ..., response_logprobs: _Optional[_Iterable[float]] = ..., policy_version: _Optional[str] = ..., model: _Optional[str] = ..., rollout_status: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ...) -> None: ...
 
 class RolloutCompleted(_message.Message):
-    __slots__ = ("rollout_id", "task_id", "attempt", "status", "error_type", "error_message", "total_reward", "transition_count", "span_count", "late_span_count", "has_reward", "retried")
+    __slots__ = ("rollout_id", "task_id", "attempt", "status", "error_type", "error_message", "total_reward", "transition_count", "span_count", "late_span_count", "has_reward", "retried", "error_span_id")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class RolloutCompleted(_message.Message):
     LATE_SPAN_COUNT_FIELD_NUMBER: _ClassVar[int]
     HAS_REWARD_FIELD_NUMBER: _ClassVar[int]
     RETRIED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_SPAN_ID_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     task_id: str
     attempt: int
@@ -72,7 +73,8 @@ class RolloutCompleted(_message.Message):
     late_span_count: int
     has_reward: bool
     retried: bool
-    def __init__(self, rollout_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., status: _Optional[str] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., total_reward: _Optional[float] = ..., transition_count: _Optional[int] = ..., span_count: _Optional[int] = ..., late_span_count: _Optional[int] = ..., has_reward: _Optional[bool] = ..., retried: _Optional[bool] = ...) -> None: ...
+    error_span_id: str
+    def __init__(self, rollout_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., status: _Optional[str] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., total_reward: _Optional[float] = ..., transition_count: _Optional[int] = ..., span_count: _Optional[int] = ..., late_span_count: _Optional[int] = ..., has_reward: _Optional[bool] = ..., retried: _Optional[bool] = ..., error_span_id: _Optional[str] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
     __slots__ = ("sequence", "transition", "rollout", "caught_up")

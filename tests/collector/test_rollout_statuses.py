@@ -63,6 +63,35 @@ def test_statuses(collector, name, build, status, error_type):
     assert (done.status, done.error_type) == (status, error_type)
 
 
+def test_broken_token_ids_make_a_rollout_malformed_with_no_transition(collector):
+    spans = SpanFactory(rollout_id="r-ids")
+    good = spans.llm("q", "a", **{semconv.RESPONSE_TOKEN_IDS: [1, 2, 3]})
+    broken = spans.llm("q2", "a2", **{semconv.RESPONSE_TOKEN_IDS: ["1", "x"]})
+    exporter(collector.address)(export_request(good, broken, spans.reward(1.0), spans.root()))
+    events = wait_for_rollouts(collector.address, 1)
+    [done] = rollouts(events)
+    assert done.status == "malformed" and semconv.RESPONSE_TOKEN_IDS in done.error_message
+    assert done.error_span_id == broken.span_id.hex()
+    assert transitions(events) == []  # not even the good step: the rollout is not trained on
+
+
+def test_a_collector_that_requires_rewards_marks_rollouts_without_one_malformed(tmp_path):
+    config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "c.db", require_reward=True)
+    with CollectorServer(config) as collector:
+        spans = SpanFactory(rollout_id="r-no-reward")
+        exporter(collector.address)(export_request(spans.llm("q", "a"), spans.root()))
+        [done] = rollouts(wait_for_rollouts(collector.address, 1))
+    assert (done.status, done.has_reward) == ("malformed", False) and "requires" in done.error_message
+
+
+def test_the_failing_span_is_named(collector):
+    spans = SpanFactory(rollout_id="r-where")
+    tool = tool_span(spans, True)
+    exporter(collector.address)(export_request(spans.llm("q", "a"), tool, failed(spans.root(), "ValueError")))
+    [done] = rollouts(wait_for_rollouts(collector.address, 1))
+    assert (done.status, done.error_span_id, done.error_message) == ("tool_error", tool.span_id.hex(), "bad expression")
+
+
 WORKER_AGENT = textwrap.dedent(
     """
     import os, time

@@ -197,3 +197,27 @@ def test_nothing_from_the_network_is_unpickled_or_evaluated():
                 if forbidden.search(line.split("#", 1)[0]):
                     offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_the_policy_server_asks_for_its_api_key_over_tls(certificate, policy):
+    import openai
+
+    from otel_lightning.train.policy_server import PolicyServer
+
+    cert_file, key_file = certificate
+    with pytest.raises(ValueError, match="--allow-remote"):
+        PolicyServer(policy, host="0.0.0.0")
+    with PolicyServer(policy, api_key="model-key", tls_cert_file=str(cert_file), tls_key_file=str(key_file)) as server:
+        assert server.base_url.startswith("https://")
+        import httpx
+
+        http = httpx.Client(verify=ssl.create_default_context(cafile=str(cert_file)))
+        messages = [{"role": "user", "content": "What is 2+3?"}]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(
+                api_key="wrong", base_url=server.base_url, http_client=http, max_retries=0
+            ).chat.completions.create(model="tiny", messages=messages, max_tokens=4)
+        reply = openai.OpenAI(
+            api_key="model-key", base_url=server.base_url, http_client=http, max_retries=0
+        ).chat.completions.create(model="tiny", messages=messages, max_tokens=4)
+        assert reply.choices[0].message is not None

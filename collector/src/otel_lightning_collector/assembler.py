@@ -60,7 +60,9 @@ class RolloutAssembler:
         sweep_interval_s: float = 1.0,
         train_agents: Sequence[str] = (),
         activity: ExportActivity | None = None,
+        require_reward: bool = False,
     ) -> None:
+        self.require_reward = require_reward
         self.activity = activity or ExportActivity()
         self.store = store
         self.notifier = notifier
@@ -204,6 +206,7 @@ class RolloutAssembler:
             self.credit,
             root_missing_status=INCOMPLETE,
             trains_agent=self.trains_agent,
+            require_reward=self.require_reward,
         )
         completed = built.completed
         completed.late_span_count = row.late_span_count

@@ -106,6 +106,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tries of a task sample (lease expired, worker crashed) before it is failed (env LIGHTNING_MAX_ATTEMPTS)",
     )
     parser.add_argument(
+        "--require-reward",
+        action="store_true",
+        default=_env("LIGHTNING_REQUIRE_REWARD", "") in ("1", "true", "yes"),
+        help="a rollout that recorded no reward is malformed, not trained on (env LIGHTNING_REQUIRE_REWARD=1)",
+    )
+    parser.add_argument(
         "--train-agents",
         default=_env("LIGHTNING_TRAIN_AGENTS", ""),
         help="multi-agent runs: comma-separated name patterns (e.g. 'coder,math*') of the agents to train;"
@@ -133,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         durability=args.durability,
         max_attempts=args.max_attempts,
         max_store_bytes=int(args.max_store_mb * 1024 * 1024) or None,
+        require_reward=args.require_reward,
         train_agents=tuple(p.strip() for p in args.train_agents.split(",") if p.strip()),
     )
     server = CollectorServer(config).start()

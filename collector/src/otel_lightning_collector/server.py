@@ -66,6 +66,8 @@ class CollectorConfig:
     max_attempts: int = 3
     # Name patterns of the agents whose LLM calls become transitions (empty: all of them).
     train_agents: tuple[str, ...] = ()
+    # A rollout without a reward span is `malformed` (else it trains with reward 0, has_reward false).
+    require_reward: bool = False
 
 
 def is_loopback(listen: str) -> bool:
@@ -103,6 +105,7 @@ class CollectorServer:
             rollout_timeout_s=config.rollout_timeout_s,
             train_agents=config.train_agents,
             activity=self.activity,
+            require_reward=config.require_reward,
         )
         self.indexer = SpanIndexer(
             self.store, self.assembler, max_pending_spans=config.max_pending_spans, activity=self.activity

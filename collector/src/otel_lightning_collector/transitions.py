@@ -49,18 +49,34 @@ def _error_of(span: Span) -> tuple[str, str]:
     return "", span.status.message
 
 
-def _failure_of(root: Span, failed_llm: Span | None, failed_tool: Span | None) -> tuple[str, tuple[str, str]]:
-    """Why a rollout whose root span failed failed: its own time limit, else the model call or the
-    tool that failed inside it, else the agent itself. A tool error the agent recovered from is
-    not a failure (the rollout succeeded); an LLM error always is (the model did not answer)."""
-    error_type, message = _error_of(root)
-    if error_type.rpartition(".")[2] == "TimeoutError":
-        return TIMEOUT, (error_type, message)
+def _failure_of(root: Span, failed_llm: Span | None, failed_tool: Span | None) -> tuple[str, Span]:
+    """Why a rollout whose root span failed failed, and the span that says so: its own time limit,
+    else the model call or the tool that failed inside it, else the agent itself. A tool error the
+    agent recovered from is not a failure (the rollout succeeded); an LLM error always is."""
+    if _error_of(root)[0].rpartition(".")[2] == "TimeoutError":
+        return TIMEOUT, root
     if failed_llm is not None:
-        return LLM_ERROR, _error_of(failed_llm)
+        return LLM_ERROR, failed_llm
     if failed_tool is not None:
-        return TOOL_ERROR, _error_of(failed_tool)
-    return FAILED, (error_type, message)
+        return TOOL_ERROR, failed_tool
+    return FAILED, root
+
+
+def _token_ids_problem(found: dict[str, Any]) -> str | None:
+    """What is wrong with an LLM span's token ids and logprobs, if anything (they are optional)."""
+    for key in (semconv.PROMPT_TOKEN_IDS, semconv.RESPONSE_TOKEN_IDS):
+        ids = found.get(key)
+        if ids is None:
+            continue
+        if not isinstance(ids, list) or not all(type(i) is int and 0 <= i < 2**31 for i in ids):
+            return f"{key} must be a list of token ids (ints from 0 to 2^31)"
+    logprobs = found.get(semconv.RESPONSE_LOGPROBS)
+    if logprobs:
+        if not isinstance(logprobs, list) or not all(isinstance(p, float) and p <= 0.0 for p in logprobs):
+            return f"{semconv.RESPONSE_LOGPROBS} must be a list of log-probabilities (floats <= 0)"
+        if len(logprobs) != len(found.get(semconv.RESPONSE_TOKEN_IDS) or ()):
+            return f"{semconv.RESPONSE_LOGPROBS} must have one value per response token id"
+    return None
 
 
 def _state_json(step_attributes: dict[str, Any]) -> str:
@@ -116,6 +132,7 @@ def build_rollout(
     *,
     root_missing_status: str = INCOMPLETE,
     trains_agent: Callable[[str], bool] | None = None,
+    require_reward: bool = False,
 ) -> BuiltRollout:
     """Transitions of one rollout, in step order, and its completion record.
 
@@ -132,6 +149,7 @@ def build_rollout(
     failed_llm: Span | None = None
     failed_tool: Span | None = None
     malformed: list[str] = []
+    malformed_span: Span | None = None
     for span in spans:
         found = attributes(span.attributes)
         kind = found.get(semconv.SPAN_KIND)
@@ -143,6 +161,7 @@ def build_rollout(
                 rewards.append((span.start_time_unix_nano, float(value)))
             else:
                 malformed.append(f"reward span {span.span_id.hex()} has no numeric {semconv.REWARD_VALUE}")
+                malformed_span = malformed_span or span
         elif kind == semconv.SPAN_KIND_TOOL:
             if span.status.code == Status.STATUS_CODE_ERROR:
                 failed_tool = failed_tool or span
@@ -156,19 +175,29 @@ def build_rollout(
     steps.sort(key=lambda s: (s.span.end_time_unix_nano, s.span.start_time_unix_nano, s.span.span_id))
     rewards.sort()
 
-    status, error_type, error_message = SUCCEEDED, "", ""
+    broken = [(step, problem) for step in steps if (problem := _token_ids_problem(step.attributes)) is not None]
+    for step, problem in broken:
+        malformed.append(f"LLM span {step.span.span_id.hex()}: {problem}")
+        malformed_span = malformed_span or step.span
+
+    status, error_type, error_message, error_span = SUCCEEDED, "", "", None
     if root is None:
         status, error_message = root_missing_status, "the rollout's root span never arrived"
     elif root.status.code == Status.STATUS_CODE_ERROR:
-        status, (error_type, error_message) = _failure_of(root, failed_llm, failed_tool)
+        status, error_span = _failure_of(root, failed_llm, failed_tool)
+        error_type, error_message = _error_of(error_span)
     elif failed_llm is not None:
-        status = LLM_ERROR
+        status, error_span = LLM_ERROR, failed_llm
         error_type, error_message = _error_of(failed_llm)
     elif malformed:
-        status, error_message = MALFORMED, "; ".join(malformed)
+        status, error_message, error_span = MALFORMED, "; ".join(malformed), malformed_span
     elif not steps:
-        status, error_message = MALFORMED, "no LLM call in the rollout"
+        status, error_message, error_span = MALFORMED, "no LLM call in the rollout", root
+    elif require_reward and not rewards:
+        status, error_message, error_span = MALFORMED, "no reward recorded, and this collector requires one", root
 
+    if broken:
+        steps = []  # no transition is better than one with token ids the trainer cannot trust
     if trains_agent is not None:
         steps = [step for step in steps if trains_agent(step.agent)]
     built = BuiltRollout()
@@ -180,6 +209,7 @@ def build_rollout(
             state_json, action_json = _state_json(step.attributes), _action_json(step.attributes)
         except (ValueError, IndexError, AttributeError) as error:
             status, error_message = MALFORMED, f"LLM span {step.span.span_id.hex()} has unreadable messages: {error}"
+            error_span = step.span
             built.transitions.clear()
             break
         index = per_agent_index.get(step.agent, 0)
@@ -223,5 +253,6 @@ def build_rollout(
         transition_count=len(built.transitions),
         span_count=len(spans),
         has_reward=bool(rewards),
+        error_span_id=error_span.span_id.hex() if error_span is not None else "",
     )
     return built
