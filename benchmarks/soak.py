@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 
 from otel_lightning.stream_client import TransitionStreamClient  # noqa: E402
 from otel_lightning.task_client import TaskPoolClient  # noqa: E402
-from otel_lightning.testing.openai_stub import StubOpenAIServer  # noqa: E402
 
 EVENT_TRANSITION, EVENT_ROLLOUT = 1, 2
 
@@ -147,7 +146,9 @@ def main() -> None:
         ).start()
         for _ in range(args.workers)
     ]
-    stub = StubOpenAIServer(port=stub_port).__enter__()
+    # The stub policy server in a process of its own, so that taking it down closes every connection.
+    stub = Process([sys.executable, "-m", "otel_lightning.testing.openai_stub", "--port", str(stub_port)]).start()
+    wait_for_port(stub_port)
     trainer = Trainer(address)
     trainer.thread.start()
     pool = TaskPoolClient(address)
@@ -204,9 +205,10 @@ def main() -> None:
                     trainer.stalled.set()
                     threading.Timer(10, trainer.stalled.clear).start()
                 else:
-                    stub.__exit__(None, None, None)
+                    stub.kill()
                     time.sleep(3)
-                    stub = StubOpenAIServer(port=stub_port).__enter__()
+                    stub.start()
+                    wait_for_port(stub_port)
                 next_fault += args.fault_every
             time.sleep(0.5)
         # Drain: no new tasks; every sample done or failed, every completion consumed.
@@ -238,7 +240,7 @@ def main() -> None:
         trainer.stopped.set()
         for worker in workers:
             worker.stop()
-        stub.__exit__(None, None, None)
+        stub.stop()
         collector.stop()
 
     db = sqlite3.connect(store)

@@ -11,7 +11,9 @@ from otel_lightning_collector import CollectorConfig, CollectorServer
 
 
 def pool_server(tmp_path, **config) -> CollectorServer:
-    """A collector on the test's store; use it as a context manager (start, then stop)."""
+    """A collector on the test's store; use it as a context manager (start, then stop). Requeued
+    samples are claimable at once unless the test asks for a backoff."""
+    config.setdefault("retry_backoff_s", 0.0)
     return CollectorServer(CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "pool.db", **config))
 
 
@@ -122,3 +124,19 @@ def test_a_store_from_before_task_base_urls_is_migrated(tmp_path):
         pool.submit([("new", {})], openai_base_url="http://h/v1", policy_version="3")
         lease = pool.claim("w", lease_s=30)
         assert (lease.openai_base_url, lease.policy_version) == ("http://h/v1", "3")
+
+
+def test_a_requeued_sample_waits_a_growing_backoff_before_it_can_be_claimed_again(tmp_path):
+    with pool_server(tmp_path, max_attempts=5, retry_backoff_s=0.5) as server:
+        pool = TaskPoolClient(server.address)
+        pool.submit([("t", {})])
+        lease = pool.claim("w", lease_s=30, wait_s=0)
+        waits = []
+        for _ in range(2):
+            assert pool.complete(lease.lease_id, "failed", requeue=True)
+            requeued = time.monotonic()
+            assert pool.claim("w", wait_s=0) is None  # not yet
+            lease = pool.claim("w", lease_s=30, wait_s=5)
+            assert lease is not None
+            waits.append(time.monotonic() - requeued)
+        assert 0.4 < waits[0] < 1.5 and 0.9 < waits[1] < 2.5  # 0.5 s, then 1 s

@@ -64,6 +64,8 @@ class CollectorConfig:
     max_pending_spans: int = 50_000
     max_message_bytes: int = 64 * 1024 * 1024
     max_attempts: int = 3
+    # Wait before a requeued sample can be claimed again; doubles with each attempt (at most 60 s).
+    retry_backoff_s: float = 1.0
     # Name patterns of the agents whose LLM calls become transitions (empty: all of them).
     train_agents: tuple[str, ...] = ()
     # A rollout without a reward span is `malformed` (else it trains with reward 0, has_reward false).
@@ -123,7 +125,12 @@ class CollectorServer:
         )
         self.receiver = OtlpTraceReceiver(self.intake)
         self.stream = TransitionStreamService(self.store, self.notifier)
-        self.task_pool = TaskPool(self.store, max_attempts=config.max_attempts, on_abandoned=self.assembler.abandon)
+        self.task_pool = TaskPool(
+            self.store,
+            max_attempts=config.max_attempts,
+            on_abandoned=self.assembler.abandon,
+            retry_backoff_s=config.retry_backoff_s,
+        )
         self.assembler.retry_decider = self._retry_failed_model_calls
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="collector-rpc"),

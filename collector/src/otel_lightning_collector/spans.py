@@ -14,6 +14,8 @@ from otel_lightning import semconv
 
 _ROLLOUT_KEYS = frozenset((semconv.ROLLOUT_ID, semconv.TASK_ID, semconv.ATTEMPT, semconv.SPAN_KIND))
 _ROLLOUT_ID_BYTES = semconv.ROLLOUT_ID.encode()
+# Times are fixed64 in OTLP; the store (SQLite INTEGER) holds signed 64-bit values.
+_MAX_TIME_NS = 2**63
 
 
 _SCALAR_KINDS = ("int_value", "double_value", "string_value", "bool_value")
@@ -95,6 +97,8 @@ def _check_span(span: Span, found: dict[str, Any]) -> str | None:
         return "span_id must be 8 bytes, not all zero"
     if parent_span_id and len(parent_span_id) != 8:
         return "parent_span_id must be empty or 8 bytes"
+    if span.start_time_unix_nano >= _MAX_TIME_NS or span.end_time_unix_nano >= _MAX_TIME_NS:
+        return "start and end times must be below 2^63 ns (the year 2262)"
     rollout_id = found[semconv.ROLLOUT_ID]
     if not isinstance(rollout_id, str) or not rollout_id:
         return f"{semconv.ROLLOUT_ID} must be a non-empty string"

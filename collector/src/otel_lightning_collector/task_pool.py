@@ -1,9 +1,10 @@
 """TaskPool: tasks in, leased rollouts out, in the collector's SQLite store (survives restarts).
 
 A task of group size n is n samples. A worker claims a sample with a lease; it heartbeats and
-completes it. A lease that expires (worker crashed or hung) or a completion with `requeue` puts
-the sample back, with its attempt count up, until `max_attempts`; then the sample is failed with
-the reason. Each claim gets a fresh rollout id, which the worker's rollout carries.
+completes it. A lease that expires (worker crashed or hung), a completion with `requeue` or a
+failed model call puts the sample back, with its attempt count up and a growing wait before it can
+be claimed again (`retry_backoff_s`, doubling), until `max_attempts`; then the sample is failed
+with the reason. Each claim gets a fresh rollout id, which the worker's rollout carries.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from otel_lightning_collector.assembler import AbandonedRollout
 from otel_lightning_collector.store import Store
 
 logger = logging.getLogger(__name__)
+_MAX_RETRY_BACKOFF_S = 60.0
 
 QUEUED, LEASED, DONE, FAILED = "queued", "leased", "done", "failed"
 
@@ -45,6 +47,7 @@ CREATE TABLE IF NOT EXISTS samples (
     status TEXT,
     error TEXT,
     retry_reason TEXT,
+    available_ns INTEGER NOT NULL DEFAULT 0,
     UNIQUE (task_id, sample)
 );
 CREATE INDEX IF NOT EXISTS samples_by_state ON samples (state, seq);
@@ -93,7 +96,9 @@ class TaskPool:
         *,
         max_attempts: int = 3,
         on_abandoned: Callable[[list[AbandonedRollout]], None] | None = None,
+        retry_backoff_s: float = 1.0,
     ) -> None:
+        self.retry_backoff_s = retry_backoff_s
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.store = store
@@ -109,8 +114,11 @@ class TaskPool:
             for added in _ADDED_TASK_COLUMNS:
                 if added not in columns:
                     db.execute(f"ALTER TABLE tasks ADD COLUMN {added} TEXT NOT NULL DEFAULT ''")
-            if "retry_reason" not in {row[1] for row in db.execute("PRAGMA table_info(samples)")}:
+            sample_columns = {row[1] for row in db.execute("PRAGMA table_info(samples)")}
+            if "retry_reason" not in sample_columns:
                 db.execute("ALTER TABLE samples ADD COLUMN retry_reason TEXT")
+            if "available_ns" not in sample_columns:
+                db.execute("ALTER TABLE samples ADD COLUMN available_ns INTEGER NOT NULL DEFAULT 0")
 
     def submit(self, tasks: list[TaskSpec]) -> tuple[int, int]:
         """Add tasks (ids already present are left as they are); returns (accepted, already_known)."""
@@ -160,8 +168,9 @@ class TaskPool:
             row = db.execute(
                 "SELECT s.seq, s.task_id, s.sample, s.attempts, t.input_json, t.openai_base_url, t.policy_version"
                 " FROM samples s"
-                " JOIN tasks t ON t.task_id = s.task_id WHERE s.state = ? ORDER BY s.seq LIMIT 1",
-                (QUEUED,),
+                " JOIN tasks t ON t.task_id = s.task_id WHERE s.state = ? AND s.available_ns <= ?"
+                " ORDER BY s.seq LIMIT 1",
+                (QUEUED, time.time_ns()),
             ).fetchone()
             if row is None:
                 return None
@@ -261,10 +270,13 @@ class TaskPool:
                 (FAILED, attempts, status, f"gave up after {attempts} attempts; last: {reason}", seq),
             )
             return False
+        # Backoff before the next try: a model server that is down for a few seconds must not use up
+        # every attempt of the samples it fails.
+        delay_s = min(self.retry_backoff_s * 2 ** (attempts - 1), _MAX_RETRY_BACKOFF_S)
         db.execute(
             "UPDATE samples SET state = ?, attempts = ?, status = ?, error = ?, lease_id = NULL,"
-            " retry_reason = NULL WHERE seq = ?",
-            (QUEUED, attempts, status, reason, seq),
+            " retry_reason = NULL, available_ns = ? WHERE seq = ?",
+            (QUEUED, attempts, status, reason, time.time_ns() + int(delay_s * 1e9), seq),
         )
         with self._available:
             self._available.notify_all()
