@@ -269,6 +269,23 @@ def test_acknowledged_requests_not_yet_indexed_are_indexed_after_a_restart(tmp_p
     assert (step.rollout_id, step.reward) == ("r-crashed", 1.0)
 
 
+def test_a_request_that_cannot_be_indexed_holds_back_no_other(tmp_path, caplog):
+    from otel_lightning_collector import CollectorConfig, CollectorServer
+    from otel_lightning_collector.store import Store
+
+    spans = SpanFactory(rollout_id="r-good")
+    store = Store(tmp_path / "mixed.db")
+    corrupt = store.append_batch(b"\x0a\xff\xff\xff\xff\x0f not protobuf")  # e.g. a damaged disk
+    store.append_batch(export_request(spans.llm("q", "a"), spans.root()).SerializeToString())
+    store.close()
+    with CollectorServer(CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "mixed.db")) as server:
+        [done] = rollouts(wait_for_rollouts(server.address, 1))
+        assert server.flush()
+        assert server.store.pending_batch_ids() == [corrupt]  # kept, not dropped
+    assert done.rollout_id == "r-good"
+    assert f"could not index export request {corrupt}" in caplog.text
+
+
 def test_an_llm_call_recorded_at_two_layers_is_one_step_the_inner_one(collector):
     """A framework's LLM span with a client's LLM span inside (LangChain over the OpenAI client, each
     instrumented by someone) is one call: the inner span, with token ids, is the step."""

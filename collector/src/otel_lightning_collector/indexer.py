@@ -109,8 +109,7 @@ class SpanIndexer:
             try:
                 self._index_until_stored(batches, stopping=_STOP in items)
             except Exception:
-                # The batches stay in the store: the next start indexes them.
-                logger.exception("could not index %d export request(s); they are kept for the next start", len(batches))
+                self._index_one_by_one(batches)
             finally:
                 with self._idle:
                     self._pending_spans -= sum(span_count for _, _, span_count in batches)
@@ -119,6 +118,15 @@ class SpanIndexer:
                     self._idle.notify_all()
             if _STOP in items:
                 return
+
+    def _index_one_by_one(self, batches: list[tuple[int, Any, int]]) -> None:
+        """After a failed commit: each request alone, so one that cannot be indexed holds back no
+        other. It stays in the store (the next start tries it again), loudly."""
+        for batch in batches:
+            try:
+                self._index([batch])
+            except Exception:
+                logger.exception("could not index export request %d; it stays in the store", batch[0])
 
     def _index_until_stored(self, batches: list[tuple[int, Any, int]], stopping: bool) -> None:
         """Index, retrying while the store cannot be written (a full disk): the batches are already
