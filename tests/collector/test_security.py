@@ -160,10 +160,13 @@ def test_tls_and_tokens_on_every_endpoint(tmp_path, certificate, monkeypatch):
         request = urllib.request.Request(metrics, headers={"Authorization": f"Bearer {TOKENS['trainer']}"})
         with urllib.request.urlopen(request, timeout=10, context=trusted) as response:
             assert b"lightning_collector_rollouts" in response.read()
-        # The trainer reads the stream over TLS with its token, from the environment.
+        # The trainer reads the stream over TLS with its token, from the environment; status too.
         monkeypatch.setenv("LIGHTNING_TOKEN", TOKENS["trainer"])
         monkeypatch.setenv("LIGHTNING_TLS_CA", str(cert_file))
         events = wait_for_rollouts(server.address, 2)
+        from otel_lightning_collector.status_cli import fetch
+
+        assert {c.status: c.total for c in fetch(server.address).statuses}["succeeded"] == 2
     assert sorted(r.rollout_id for r in rollouts(events)) == ["r-grpc-tls", "r-http-tls"]
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import json_format
 
+from otel_lightning.channels import open_channel
 from otel_lightning.v1 import status_pb2 as pb
 from otel_lightning.v1 import status_pb2_grpc as pb_grpc
 
@@ -47,8 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def fetch(collector: str, window_s: int = 60, timeout_s: float = 5.0) -> pb.StatusReport:
-    with grpc.insecure_channel(collector) as channel:
+    """One report (any role's token in LIGHTNING_TOKEN, the CA in LIGHTNING_TLS_CA where the collector asks)."""
+    channel = open_channel(collector)
+    try:
         return pb_grpc.CollectorStatusStub(channel).GetStatus(pb.StatusRequest(window_s=window_s), timeout=timeout_s)
+    finally:
+        channel.close()
 
 
 def render(report: pb.StatusReport, collector: str) -> Group:
