@@ -22,7 +22,6 @@ import argparse
 import collections
 import json
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -39,40 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from otel_lightning.stream_client import TransitionStreamClient  # noqa: E402
 from otel_lightning.task_client import TaskPoolClient  # noqa: E402
+from tests.support import ChildProcess, free_port  # noqa: E402
 
 EVENT_TRANSITION, EVENT_ROLLOUT = 1, 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Process:
-    """A child process that can be killed -9 and started again with the same command."""
-
-    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
-        self.command, self.env = command, env
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> Process:
-        self.process = subprocess.Popen(
-            self.command, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        return self
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
@@ -127,27 +95,31 @@ def main() -> None:
     store = tmp / "soak.db"
     port, stub_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
-    collector = Process(
+    collector = ChildProcess(
         [
             *(sys.executable, "-m", "otel_lightning.cli", "collector", "--listen", address),
             *("--http-listen", "off", "--store", str(store), "--rollout-timeout", "20", "--max-attempts", "5"),
-        ]
+        ],
+        cwd=ROOT,
     ).start()
     wait_for_port(port)
     env = {**os.environ, "OPENAI_API_KEY": "unused", "OTEL_BSP_SCHEDULE_DELAY": "100"}
     workers = [
-        Process(
+        ChildProcess(
             [
                 *(sys.executable, "-m", "otel_lightning.cli", "worker", "--collector", address, "--concurrency", "4"),
                 *("--lease", "3", "--timeout", "30", "--openai-base-url", f"http://127.0.0.1:{stub_port}/v1"),
                 "examples.calc_agent.agent:run",
             ],
-            env,
+            cwd=ROOT,
+            env=env,
         ).start()
         for _ in range(args.workers)
     ]
     # The stub policy server in a process of its own, so that taking it down closes every connection.
-    stub = Process([sys.executable, "-m", "otel_lightning.testing.openai_stub", "--port", str(stub_port)]).start()
+    stub = ChildProcess(
+        [sys.executable, "-m", "otel_lightning.testing.openai_stub", "--port", str(stub_port)], cwd=ROOT
+    ).start()
     wait_for_port(stub_port)
     trainer = Trainer(address)
     trainer.thread.start()

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -13,6 +18,50 @@ from otel_lightning import semconv
 from otel_lightning.stream_client import TransitionStreamClient
 from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning_collector.spans import key_value
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (for a server that starts later, or never)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Poll `condition` until it holds (True) or `timeout_s` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+class ChildProcess:
+    """A command in a process of its own that can be killed -9 and started again (fault tests, the soak)."""
+
+    def __init__(self, command: list[str], *, cwd: str | Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.command, self.cwd, self.env = command, cwd, env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> ChildProcess:
+        # Output goes nowhere: a pipe nobody reads would block the child once full.
+        self.process = subprocess.Popen(
+            self.command, cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        return self
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 def read_all(address: str, **kwargs: Any) -> list[pb.StreamEvent]:

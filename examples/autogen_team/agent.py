@@ -26,15 +26,9 @@ from autogen_core.models import ChatCompletionClient, ModelFamily, ModelInfo
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 
 import otel_lightning as ol
-from otel_lightning.testing.arithmetic import evaluate, format_number
+from otel_lightning.testing import arithmetic
 
-
-def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression such as 17+25."""
-    try:
-        return format_number(evaluate(expression))
-    except ValueError as error:
-        return f"error: {error}"
+calculator = arithmetic.calculator
 
 
 @ol.reward

@@ -23,16 +23,9 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
 import otel_lightning as ol
-from otel_lightning.testing.arithmetic import evaluate, format_number
+from otel_lightning.testing import arithmetic
 
-
-@tool
-def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression such as 17+25."""
-    try:
-        return format_number(evaluate(expression))
-    except ValueError as error:
-        return f"error: {error}"
+calculator = tool(arithmetic.calculator)
 
 
 @ol.reward

@@ -21,16 +21,9 @@ from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool
 from openai import AsyncOpenAI
 
 import otel_lightning as ol
-from otel_lightning.testing.arithmetic import evaluate, format_number
+from otel_lightning.testing import arithmetic
 
-
-@function_tool
-def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression such as 17+25."""
-    try:
-        return format_number(evaluate(expression))
-    except ValueError as error:
-        return f"error: {error}"
+calculator = function_tool(arithmetic.calculator)
 
 
 @ol.reward

@@ -42,6 +42,16 @@ def format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
 
 
+def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression such as 17+25."""
+    # The tool the example agents give their frameworks (the docstring is its description there):
+    # errors come back as text, for the model to read.
+    try:
+        return format_number(evaluate(expression))
+    except ValueError as error:
+        return f"error: {error}"
+
+
 def find_expression(text: str) -> str | None:
     match = _EXPRESSION.search(text)
     return match.group(0) if match else None

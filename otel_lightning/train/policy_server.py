@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from otel_lightning.listen import check_listen
 from otel_lightning.train.batching import BatchScheduler
 from otel_lightning.train.policy import Generation, GenerationRequest, TorchPolicy
 
@@ -156,11 +157,7 @@ class PolicyServer:
         tls_key_file: str | None = None,
         allow_remote: bool = False,
     ) -> None:
-        if not allow_remote and host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(
-                f"{host} is reachable from other machines; serve on 127.0.0.1, or allow it explicitly"
-                " (--allow-remote; with --api-key and TLS)"
-            )
+        check_listen(host, allow_remote, "the policy server answers anyone who can reach it")
         self.scheduler = BatchScheduler(policy)
         app = create_app(policy, self.scheduler, api_key)
         config = uvicorn.Config(

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -17,7 +14,7 @@ import psutil
 from otel_lightning.stream_client import TransitionStreamClient
 from otel_lightning_collector import CollectorConfig, CollectorServer
 from tests.collector.test_ingest_robustness import EXPORT
-from tests.support import SpanFactory, export_request, rollouts, transitions, wait_for_rollouts
+from tests.support import ChildProcess, SpanFactory, export_request, free_port, rollouts, transitions, wait_for_rollouts
 
 
 def rollout_request(rollout_id: str, prompt_chars: int = 200) -> bytes:
@@ -27,50 +24,26 @@ def rollout_request(rollout_id: str, prompt_chars: int = 200) -> bytes:
     ).SerializeToString()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class CollectorProcess:
+class CollectorProcess(ChildProcess):
     """`otel-lightning collector` in a process of its own, to kill -9 and start again."""
 
     def __init__(self, store: Path, port: int, *extra: str) -> None:
-        self.command = [
-            sys.executable,
-            "-m",
-            "otel_lightning.cli",
-            "collector",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--http-listen",
-            "off",
-            "--store",
-            str(store),
-            *extra,
-        ]
         self.address = f"127.0.0.1:{port}"
-        self.process: subprocess.Popen | None = None
+        super().__init__(
+            [
+                *(sys.executable, "-m", "otel_lightning.cli", "collector", "--listen", self.address),
+                *("--http-listen", "off", "--store", str(store), *extra),
+            ]
+        )
 
     def start(self) -> CollectorProcess:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
+        super().start()
         channel = grpc.insecure_channel(self.address)
         try:
-            grpc.channel_ready_future(channel).result(timeout=max(deadline - time.monotonic(), 1))
+            grpc.channel_ready_future(channel).result(timeout=60)
         finally:
             channel.close()
         return self
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
 
 
 def export_with_retries(address: str, raw: bytes, deadline_s: float = 60.0) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from concurrent import futures
 
 import grpc
@@ -16,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_collector.forwarder import OtlpForwarder, RetryableError
 from tests.collector.test_ingest_robustness import exporter
-from tests.support import SpanFactory, export_request, transitions, wait_for_rollouts
+from tests.support import SpanFactory, export_request, free_port, transitions, wait_for_rollouts, wait_until
 
 
 class Upstream:
@@ -47,15 +45,6 @@ class Upstream:
         self.server.stop(0).wait()
 
 
-def wait_until(condition, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_every_span_reaches_the_upstream_and_foreign_spans_are_not_kept(tmp_path):
     upstream = Upstream()
     config = CollectorConfig(
@@ -83,9 +72,7 @@ def test_every_span_reaches_the_upstream_and_foreign_spans_are_not_kept(tmp_path
 
 
 def test_an_upstream_that_is_down_gets_the_spans_once_it_is_back(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "c.db", forward_to=f"127.0.0.1:{port}")
     with CollectorServer(config) as server:
         server.forwarder.max_backoff_s = 0.2
@@ -93,7 +80,7 @@ def test_an_upstream_that_is_down_gets_the_spans_once_it_is_back(tmp_path):
         sent = [spans.llm("q", "a"), spans.root()]
         exporter(server.address)(export_request(*sent))  # acknowledged while the upstream is down
         assert len(transitions(wait_for_rollouts(server.address, 1))) == 1
-        assert wait_until(lambda: server.forwarder.counters.retries >= 2)
+        assert wait_until(lambda: server.forwarder.counters.retries >= 2, timeout_s=15)
         upstream = Upstream(port)
         try:
             assert server.forwarder.flush(15)
@@ -135,7 +122,7 @@ def test_the_queue_is_bounded_and_drops_the_oldest_loudly(caplog):
         assert forwarder.queued_bytes <= 3000
         assert forwarder.counters.requests_dropped_queue_full == 7
         assert "dropped the 1 oldest request(s)" in caplog.text
-        assert wait_until(lambda: forwarder.counters.retries >= 2)
+        assert wait_until(lambda: forwarder.counters.retries >= 2, timeout_s=15)
         assert len(set(attempts)) == 1  # one request, retried: nothing behind it is skipped
     finally:
         forwarder.stop(timeout_s=0.2)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -18,7 +16,7 @@ from otel_lightning.testing.openai_stub import StubOpenAIServer
 from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_collector.spans import key_value
 from tests.collector.test_ingest_robustness import exporter
-from tests.support import SpanFactory, export_request, rollouts, transitions, wait_for_rollouts
+from tests.support import SpanFactory, export_request, free_port, rollouts, transitions, wait_for_rollouts, wait_until
 
 
 def failed(span, error_type: str, message: str = "boom"):
@@ -134,20 +132,13 @@ def start_worker(collector: CollectorServer, directory, base_url: str, **env: st
     )
 
 
-def wait_until(condition, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_a_worker_killed_mid_rollout_leaves_it_abandoned_and_the_sample_runs_again(collector, openai_stub, tmp_path):
     pool = TaskPoolClient(collector.address)
     pool.submit([("t-kill", {"question": "What is 6 * 7?"})])
     doomed = start_worker(collector, tmp_path, openai_stub.base_url, HANG_AFTER_FIRST_CALL="1")
     try:
         # Killed once its model call is on record: mid-rollout, with spans already exported.
-        wait_until(lambda: collector.indexer.counters.spans_stored >= 1)
+        assert wait_until(lambda: collector.indexer.counters.spans_stored >= 1, timeout_s=30)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(10)
         events = wait_for_rollouts(collector.address, 1, timeout_s=30)
@@ -170,9 +161,7 @@ def test_a_worker_killed_mid_rollout_leaves_it_abandoned_and_the_sample_runs_aga
 
 
 def test_a_model_server_that_is_down_gives_llm_error_and_the_sample_is_retried(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "c.db", max_attempts=3)
     with CollectorServer(config) as collector:
         pool = TaskPoolClient(collector.address)
@@ -184,7 +173,7 @@ def test_a_model_server_that_is_down_gives_llm_error_and_the_sample_is_retried(t
             # The server comes back; the pool gave the sample another attempt.
             with StubOpenAIServer(port=port):
                 events = wait_for_rollouts(collector.address, 2, timeout_s=60)
-                wait_until(lambda: pool.sample_states("t-down")[0].state == "done")
+                assert wait_until(lambda: pool.sample_states("t-down")[0].state == "done", timeout_s=30)
         finally:
             worker.terminate()
             worker.wait(10)
@@ -194,9 +183,7 @@ def test_a_model_server_that_is_down_gives_llm_error_and_the_sample_is_retried(t
 
 
 def test_a_sample_that_used_up_its_attempts_is_not_retried_and_fills_its_group(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     config = CollectorConfig(listen="127.0.0.1:0", store_path=tmp_path / "c.db", max_attempts=2)
     with CollectorServer(config) as collector:
         TaskPoolClient(collector.address).submit([("t-gone", {"question": "What is 6 * 7?"})])

@@ -16,6 +16,14 @@ TASK = {"question": "What is 17+25?", "answer": "42"}
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
+def use_stub_model(monkeypatch, openai_stub, *, token_ids: bool = False) -> None:
+    """Point the frameworks' OpenAI clients at the stub policy server (asking it for token ids if `token_ids`)."""
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_stub.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    if token_ids:
+        monkeypatch.setenv(semconv.ENV_REQUEST_TOKEN_IDS, "true")
+
+
 def by_kind(spans, kind):
     """Finished spans of one `lightning.span.kind`, in start order."""
     return sorted((s for s in spans if s.attributes.get(semconv.SPAN_KIND) == kind), key=lambda s: s.start_time)

@@ -18,7 +18,7 @@ import otel_lightning as ol
 from examples.autogen_team.agent import build_team, calculator, default_model, solve
 from otel_lightning import semconv
 from otel_lightning_instrumentation_autogen import AutoGenInstrumentor
-from tests.instrumentors.framework_support import EXAMPLES, TASK, by_kind, run_example_through_worker
+from tests.instrumentors.framework_support import EXAMPLES, TASK, by_kind, run_example_through_worker, use_stub_model
 from tests.support import rollouts, transitions, wait_for_rollouts
 
 AGENTS_IN_ORDER = ["triage", "math", "math"]
@@ -34,9 +34,7 @@ def instrumented():
 
 @pytest.fixture(autouse=True)
 def model_server(openai_stub, monkeypatch):
-    monkeypatch.setenv("OPENAI_BASE_URL", openai_stub.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "unused")
-    monkeypatch.setenv(semconv.ENV_REQUEST_TOKEN_IDS, "true")
+    use_stub_model(monkeypatch, openai_stub, token_ids=True)
 
 
 def test_agent_turns_model_calls_tools_and_the_handoff_become_spans(memory_exporter):

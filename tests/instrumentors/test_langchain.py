@@ -19,7 +19,7 @@ import otel_lightning as ol
 from examples.langchain_agent.agent import build_agent, calculator, solve
 from otel_lightning import semconv
 from otel_lightning_instrumentation_langchain import LangChainInstrumentor
-from tests.instrumentors.framework_support import EXAMPLES, TASK, by_kind, run_example_through_worker
+from tests.instrumentors.framework_support import EXAMPLES, TASK, by_kind, run_example_through_worker, use_stub_model
 from tests.support import remove_openllmetry_openai_wrappers, rollouts, transitions, wait_for_rollouts
 
 AGENTS_IN_ORDER = ["supervisor", "math", "math", "supervisor"]
@@ -35,9 +35,7 @@ def instrumented():
 
 @pytest.fixture(autouse=True)
 def model_server(openai_stub, monkeypatch):
-    monkeypatch.setenv("OPENAI_BASE_URL", openai_stub.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "unused")
-    monkeypatch.setenv(semconv.ENV_REQUEST_TOKEN_IDS, "true")
+    use_stub_model(monkeypatch, openai_stub, token_ids=True)
 
 
 class ScriptedChatModel(GenericFakeChatModel):

@@ -15,7 +15,7 @@ from examples.openai_agents.agent import build_agents, solve
 from otel_lightning import semconv
 from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_instrumentation_openai_agents import OpenAIAgentsInstrumentor
-from tests.instrumentors.framework_support import EXAMPLES, TASK, by_kind, run_example_through_worker
+from tests.instrumentors.framework_support import EXAMPLES, TASK, by_kind, run_example_through_worker, use_stub_model
 from tests.support import rollouts, transitions, wait_for_rollouts
 
 
@@ -30,8 +30,7 @@ def instrumented():
 
 @pytest.fixture(autouse=True)
 def model_server(openai_stub, monkeypatch):
-    monkeypatch.setenv("OPENAI_BASE_URL", openai_stub.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    use_stub_model(monkeypatch, openai_stub)
 
 
 def test_agents_tools_and_handoffs_become_spans_around_the_llm_calls(memory_exporter):

@@ -17,16 +17,12 @@ import pytest
 
 pytest.importorskip("ray", reason="the ray extra is part of `make install`")
 
+from tests.support import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 # A throwaway cluster on 127.0.0.1: no token authentication, no usage reports.
 RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

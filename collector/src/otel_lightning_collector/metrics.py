@@ -7,7 +7,6 @@ read at most once per second however many instruments ask.
 
 from __future__ import annotations
 
-import socket
 import socketserver
 import ssl
 import threading
@@ -24,6 +23,7 @@ from opentelemetry.sdk.resources import Resource
 from otel_lightning.v1 import status_pb2 as pb
 from otel_lightning_collector.auth import TokenCheck
 from otel_lightning_collector.status_report import StatusReporter
+from otel_lightning_collector.tls import HandshakeOnConnectionThread
 from otel_lightning_collector.version import __version__
 
 _FRESH_S = 1.0
@@ -118,17 +118,8 @@ class CollectorMetrics:
             self._http.server_close()
 
 
-class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+class _MetricsServer(HandshakeOnConnectionThread, socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
-    tls: ssl.SSLContext | None = None
-
-    def finish_request(self, request: socket.socket, client_address: Any) -> None:
-        if self.tls is not None:  # the handshake on the connection's thread, not in the accept loop
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):
-                return
-        super().finish_request(request, client_address)
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -11,7 +11,6 @@ import base64
 import gzip
 import json
 import logging
-import socket
 import ssl
 import threading
 import zlib
@@ -26,6 +25,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_lightning_collector.auth import TokenCheck
+from otel_lightning_collector.tls import HandshakeOnConnectionThread
 from otel_lightning_collector.trace_intake import ExportRefusedError, TraceIntake
 
 logger = logging.getLogger(__name__)
@@ -196,22 +196,11 @@ class _TooLargeError(ValueError):
     pass
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(HandshakeOnConnectionThread, ThreadingHTTPServer):
     daemon_threads = True
     intake: TraceIntake
     max_body_bytes: int
     tokens: TokenCheck
-    tls: ssl.SSLContext | None = None
-
-    def finish_request(self, request: socket.socket, client_address: Any) -> None:
-        # The TLS handshake happens here, on the connection's own thread, not in the accept loop.
-        if self.tls is not None:
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError) as error:
-                logger.info("TLS handshake with %s failed: %s", client_address, error)
-                return
-        super().finish_request(request, client_address)
 
 
 class OtlpHttpReceiver:

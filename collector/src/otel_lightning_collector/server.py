@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import ssl
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from otel_lightning.listen import check_listen
 from otel_lightning.v1 import status_pb2_grpc as status_grpc
 from otel_lightning.v1 import tasks_pb2_grpc as pb_grpc
 from otel_lightning_collector.assembler import RolloutAssembler
@@ -27,6 +26,7 @@ from otel_lightning_collector.store import Completion, Store
 from otel_lightning_collector.stream_service import TransitionStreamService
 from otel_lightning_collector.task_pool import TaskPool
 from otel_lightning_collector.task_pool_service import TaskPoolService
+from otel_lightning_collector.tls import server_context
 from otel_lightning_collector.trace_intake import TraceIntake
 from otel_lightning_collector.transitions import LLM_ERROR
 
@@ -72,30 +72,17 @@ class CollectorConfig:
     require_reward: bool = False
 
 
-def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
 class CollectorServer:
     """Start with `start()` (or as a context manager); `port` is the bound port (listen on :0 for any)."""
 
     def __init__(self, config: CollectorConfig) -> None:
         self.config = config
-        for listen in (config.listen, config.http_listen, config.metrics_listen):
-            if listen and not config.allow_remote and not is_loopback(listen):
-                raise ValueError(
-                    f"{listen} is reachable from other machines; the collector holds prompts and answers."
-                    " Listen on 127.0.0.1, or allow it explicitly (--allow-remote; with tokens and TLS)"
-                )
+        for listen in filter(None, (config.listen, config.http_listen, config.metrics_listen)):
+            check_listen(listen.rpartition(":")[0], config.allow_remote, "the collector holds prompts and answers")
         if bool(config.tls_cert_file) != bool(config.tls_key_file):
             raise ValueError("TLS needs both a certificate file and its private key file")
         self.tokens = TokenCheck(config.tokens)
+        self.tls = server_context(config.tls_cert_file, config.tls_key_file)  # for the HTTP endpoints
         self.store = Store(config.store_path, synchronous=config.durability.upper(), max_bytes=config.max_store_bytes)
         self.notifier = Notifier()
         self.activity = ExportActivity()
@@ -164,18 +151,11 @@ class CollectorServer:
                 config.http_listen,
                 max_body_bytes=config.max_message_bytes,
                 tokens=self.tokens,
-                tls=self._tls_context(),
+                tls=self.tls,
             )
             if config.http_listen
             else None
         )
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if not self.config.tls_cert_file:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
-        return context
 
     def _counters(self) -> dict[str, int]:
         forwarded = self.forwarder.counters if self.forwarder is not None else None
@@ -201,7 +181,7 @@ class CollectorServer:
                 prometheus_listen=self.config.metrics_listen,
                 otlp_endpoint=self.config.metrics_otlp_endpoint,
                 tokens=self.tokens,
-                tls=self._tls_context(),
+                tls=self.tls,
             )
         logger.info("otel-lightning collector listening on %s, store %s", self.address, self.store.path)
         return self

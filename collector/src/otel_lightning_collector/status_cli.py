@@ -47,13 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run)
 
 
-def fetch(collector: str, window_s: int = 60, timeout_s: float = 5.0) -> pb.StatusReport:
-    """One report (any role's token in LIGHTNING_TOKEN, the CA in LIGHTNING_TLS_CA where the collector asks)."""
-    channel = open_channel(collector)
+def fetch(
+    collector: str, window_s: int = 60, timeout_s: float = 5.0, channel: grpc.Channel | None = None
+) -> pb.StatusReport:
+    """One report (any role's token in LIGHTNING_TOKEN, the CA in LIGHTNING_TLS_CA where the collector asks);
+    `channel`: one kept open across refreshes."""
+    own = channel is None
+    channel = channel or open_channel(collector)
     try:
         return pb_grpc.CollectorStatusStub(channel).GetStatus(pb.StatusRequest(window_s=window_s), timeout=timeout_s)
     finally:
-        channel.close()
+        if own:
+            channel.close()
 
 
 def render(report: pb.StatusReport, collector: str) -> Group:
@@ -101,13 +106,16 @@ def _run(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     console = Console()
+    channel = open_channel(args.collector)
     try:
         with Live(console=console, refresh_per_second=4, screen=False) as live:
             while True:
                 try:
-                    live.update(render(fetch(args.collector, args.window), args.collector))
+                    live.update(render(fetch(args.collector, args.window, channel=channel), args.collector))
                 except grpc.RpcError as error:
                     live.update(f"[red]collector {args.collector} unreachable: {error.code().name}[/red]")
                 time.sleep(args.interval)
     except KeyboardInterrupt:
         return 0
+    finally:
+        channel.close()

@@ -105,6 +105,8 @@ class TaskPool:
         self.max_attempts = max_attempts
         # Told of the rollouts whose lease expired (the assembler marks them abandoned).
         self.on_abandoned = on_abandoned
+        self._reaping = threading.Event()
+        self._reaper: threading.Thread | None = None
         self._available = threading.Condition()
         with store.transaction() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -243,7 +245,6 @@ class TaskPool:
 
     def start_reaper(self, interval_s: float = 1.0) -> None:
         """Expire leases every `interval_s` (claims do too, but a pool nobody claims from must notice)."""
-        self._reaping = threading.Event()
 
         def reap() -> None:
             while not self._reaping.wait(interval_s):
@@ -256,8 +257,8 @@ class TaskPool:
         self._reaper.start()
 
     def stop_reaper(self) -> None:
-        if getattr(self, "_reaping", None) is not None:
-            self._reaping.set()
+        self._reaping.set()
+        if self._reaper is not None:
             self._reaper.join(timeout=10)
 
     def _requeue(self, db, seq: int, attempts: int, status: str, reason: str) -> bool:

@@ -52,6 +52,7 @@ class TraceIntake:
         forward: Callable[[bytes], None] | None = None,
         activity: ExportActivity | None = None,
     ) -> None:
+        # Each transport marks its whole request (decoding included) as an export in flight.
         self.activity = activity or ExportActivity()
         self.store = store
         self.indexer = indexer
@@ -74,21 +75,18 @@ class TraceIntake:
         if not self._slots.acquire(blocking=False):
             self.refuse("collector is at its concurrent export limit; retry later")
         try:
-            with self.activity.exporting():
-                if has_rollout_spans(raw):
-                    if not self.indexer.has_room():
-                        self.refuse(
-                            f"collector has {self.indexer.pending_spans} spans waiting to be indexed; retry later"
-                        )
-                    try:
-                        batch_id = self.store.append_batch(raw)
-                    except sqlite3.Error as error:
-                        logger.error("store %s refused an export request: %s", self.store.path, error)
-                        self.refuse(f"collector store is not writable ({error}); retry later")
-                    self.indexer.submit(batch_id, request, span_count)
-                    self.count(requests=1, spans_accepted=span_count)
-                else:
-                    self.count(requests=1, spans_foreign=span_count)
+            if has_rollout_spans(raw):
+                if not self.indexer.has_room():
+                    self.refuse(f"collector has {self.indexer.pending_spans} spans waiting to be indexed; retry later")
+                try:
+                    batch_id = self.store.append_batch(raw)
+                except sqlite3.Error as error:
+                    logger.error("store %s refused an export request: %s", self.store.path, error)
+                    self.refuse(f"collector store is not writable ({error}); retry later")
+                self.indexer.submit(batch_id, request, span_count)
+                self.count(requests=1, spans_accepted=span_count)
+            else:
+                self.count(requests=1, spans_foreign=span_count)
         finally:
             self._slots.release()
         if self.forward is not None:
