@@ -85,3 +85,16 @@ ENV_REDACT_PATTERN = "LIGHTNING_REDACT_PATTERN"
 # Set to "true" to ask a vLLM-style model server for token ids and logprobs on every chat completion
 # (`return_token_ids`); the worker sets it for agents it points at a policy server.
 ENV_REQUEST_TOKEN_IDS = "LIGHTNING_REQUEST_TOKEN_IDS"
+
+# --- the model gateway (gateway/, issue 12) -----------------------------------------------------
+# Who recorded an LLM span: the gateway at the model server's door, or a client-side instrumentor
+# (no attribute). The collector merges the two spans of one call; the gateway's token ids win.
+LLM_SOURCE = "lightning.llm.source"
+LLM_SOURCE_GATEWAY = "gateway"
+LLM_API_COMPLETIONS = "completions"  # a third LLM_API value, next to "chat.completions" and "responses"
+# The caller went away before the answer was complete (the span's status is ERROR too).
+LLM_CANCELLED = "lightning.llm.cancelled"
+# A /rollout/<id>/v1 URL whose id the gateway did not know (registered routes only): still proxied.
+GATEWAY_UNKNOWN_ROLLOUT = "lightning.gateway.unknown_rollout"
+# The Responses API call was served through the upstream's chat completions (token ids from there).
+GATEWAY_RESPONSES_VIA_CHAT = "lightning.gateway.responses_via_chat"
