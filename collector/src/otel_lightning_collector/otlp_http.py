@@ -8,12 +8,13 @@ bodies are accepted. `/v1/metrics` and `/v1/logs` are acknowledged and not kept,
 from __future__ import annotations
 
 import base64
-import gzip
+import io
 import json
 import logging
+import socket
 import ssl
 import threading
-import zlib
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +26,15 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_lightning_collector.auth import TokenCheck
+from otel_lightning_collector.http_limits import (
+    BadRequestError,
+    DeadlineSocketReader,
+    TooLargeError,
+    content_length,
+    discard,
+    drain_after_reply,
+    read_body,
+)
 from otel_lightning_collector.tls import HandshakeOnConnectionThread
 from otel_lightning_collector.trace_intake import ExportRefusedError, TraceIntake
 
@@ -48,11 +58,15 @@ _RPC_CODES = {
     HTTPStatus.FORBIDDEN: 7,
     HTTPStatus.NOT_FOUND: 5,
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: 8,
+    HTTPStatus.REQUEST_TIMEOUT: 4,
 }
-
-
-class BadRequestError(ValueError):
-    """The request cannot be read; the exporter must not send it again."""
+# An unwanted body (wrong path, refused token) this small is read and dropped to keep the
+# connection; a larger one is not read: the answer is sent and the connection closed.
+_KEEP_ALIVE_DISCARD = 1024 * 1024
+# OTLP/JSON nests resource > scope > span > attribute > value; AnyValue arrays and kvlists nest
+# further. Protobuf's own binary decoder stops at 100 levels; JSON gets the same bound, checked
+# before protobuf's recursive parser sees the document.
+MAX_JSON_DEPTH = 100
 
 
 def _ids_to_base64(holder: dict[str, Any]) -> None:
@@ -66,10 +80,25 @@ def _ids_to_base64(holder: dict[str, Any]) -> None:
                 raise BadRequestError(f"{name} {value[:40]!r} is not hex: {error}") from None
 
 
+def _check_depth(document: Any, max_depth: int) -> None:
+    """BadRequestError when lists and objects nest deeper than `max_depth` (walked without recursion)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > max_depth:
+            raise BadRequestError(f"JSON nests deeper than {max_depth} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
 def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
     """An ExportTraceServiceRequest from its OTLP/JSON encoding (unknown fields ignored, as the spec says)."""
     try:
-        document = json.loads(body)
+        try:
+            document = json.loads(body)
+        except RecursionError:
+            raise BadRequestError(f"JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
+        _check_depth(document, MAX_JSON_DEPTH)
         for resource_spans in document.get("resourceSpans") or ():
             for scope_spans in resource_spans.get("scopeSpans") or ():
                 for span in scope_spans.get("spans") or ():
@@ -77,25 +106,26 @@ def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
                     for link in span.get("links") or ():
                         _ids_to_base64(link)
         return json_format.ParseDict(document, ExportTraceServiceRequest(), ignore_unknown_fields=True)
-    except (ValueError, AttributeError, TypeError, json_format.ParseError) as error:
+    except BadRequestError:
+        raise
+    except (ValueError, AttributeError, TypeError, RecursionError, json_format.ParseError) as error:
         raise BadRequestError(f"malformed OTLP/JSON ExportTraceServiceRequest: {error}") from None
-
-
-def _decompress(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding == "gzip":
-        try:
-            return gzip.decompress(body)
-        except (OSError, EOFError, zlib.error) as error:
-            raise BadRequestError(f"gzip body cannot be decompressed: {error}") from None
-    raise BadRequestError(f"unsupported Content-Encoding {encoding!r}; use gzip or none")
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        # Every read has a timeout and every request a deadline: a slow client cannot hold a thread.
+        self._reader = DeadlineSocketReader(self.connection, self.server.read_timeout_s, self.server.request_timeout_s)
+        self.rfile = io.BufferedReader(self._reader, 64 * 1024)
+        self._linger = False
+
+    def handle_one_request(self) -> None:
+        self._reader.start_request()
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
@@ -104,24 +134,35 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         content_type = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
         as_json = content_type == JSON
-        if path not in (TRACES_PATH, *OTHER_SIGNAL_PATHS):
-            self._drain()
-            return self._error(HTTPStatus.NOT_FOUND, f"no OTLP endpoint at {path}; traces go to {TRACES_PATH}", as_json)
-        if content_type not in (PROTOBUF, JSON):
-            self._drain()
-            return self._error(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be {PROTOBUF} or {JSON}, not {content_type!r}"
-            )
-        refused = self.server.tokens.check(_GRPC_METHODS[path], self.headers.get("Authorization"))
-        if refused is not None:
-            self._drain()
-            code, message = refused
-            if code == grpc.StatusCode.UNAUTHENTICATED:
-                return self._error(HTTPStatus.UNAUTHORIZED, message, as_json, headers={"WWW-Authenticate": "Bearer"})
-            return self._error(HTTPStatus.FORBIDDEN, message, as_json)
         intake = self.server.intake
         try:
-            body = self._body()
+            length = content_length(self.headers)
+        except BadRequestError as error:
+            # Without a length the body's end is unknown: answer, then close the connection.
+            intake.count(requests_malformed=1)
+            return self._refuse(HTTPStatus.BAD_REQUEST, str(error), as_json, length=-1)
+        if path not in (TRACES_PATH, *OTHER_SIGNAL_PATHS):
+            return self._refuse(
+                HTTPStatus.NOT_FOUND, f"no OTLP endpoint at {path}; traces go to {TRACES_PATH}", as_json, length=length
+            )
+        if content_type not in (PROTOBUF, JSON):
+            return self._refuse(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Type must be {PROTOBUF} or {JSON}, not {content_type!r}",
+                length=length,
+            )
+        # The token is checked before a byte of the body is read.
+        refused = self.server.tokens.check(_GRPC_METHODS[path], self.headers.get("Authorization"))
+        if refused is not None:
+            code, message = refused
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                return self._refuse(
+                    HTTPStatus.UNAUTHORIZED, message, as_json, length=length, headers={"WWW-Authenticate": "Bearer"}
+                )
+            return self._refuse(HTTPStatus.FORBIDDEN, message, as_json, length=length)
+        limit = min(self.server.max_body_bytes, self.server.max_json_bytes) if as_json else self.server.max_body_bytes
+        try:
+            body = read_body(self.rfile, self.headers, limit)
             if path != TRACES_PATH:
                 intake.count(other_signal_requests=1)
                 return self._reply(HTTPStatus.OK, b"{}" if as_json else b"", as_json)
@@ -134,33 +175,39 @@ class _Handler(BaseHTTPRequestHandler):
                     raise BadRequestError(f"malformed OTLP ExportTraceServiceRequest: {error}") from None
         except BadRequestError as error:
             intake.count(requests_malformed=1)
-            return self._error(HTTPStatus.BAD_REQUEST, str(error), as_json)
-        except _TooLargeError as error:
+            # The body may be partly read: the connection cannot carry another request.
+            return self._refuse(HTTPStatus.BAD_REQUEST, str(error), as_json, length=-1)
+        except TooLargeError as error:
             intake.count(requests_malformed=1)
-            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error), as_json)
+            return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error), as_json, length=-1)
+        except TimeoutError:
+            intake.count(requests_malformed=1)
+            self.close_connection = True
+            message = f"the request was not received within {self.server.request_timeout_s:g} s"
+            return self._error(HTTPStatus.REQUEST_TIMEOUT, message, as_json)
         try:
             response = intake.export(request, raw)
         except ExportRefusedError as refused:
             return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(refused), as_json, retry_after=True)
         self._reply(HTTPStatus.OK, self._encode(response, as_json), as_json)
 
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        limit = self.server.max_body_bytes
-        if length > limit:
-            self.close_connection = True
-            raise _TooLargeError(f"request body of {length} bytes is over the {limit}-byte limit")
-        body = _decompress(self.rfile.read(length), self.headers.get("Content-Encoding", ""))
-        if len(body) > limit:
-            raise _TooLargeError(f"decompressed body of {len(body)} bytes is over the {limit}-byte limit")
-        return body
-
-    def _drain(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length <= self.server.max_body_bytes:
-            self.rfile.read(length)
-        else:
-            self.close_connection = True
+    def _refuse(
+        self,
+        status: HTTPStatus,
+        message: str,
+        as_json: bool = False,
+        *,
+        length: int | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer without reading the body: a small one is read and dropped (the connection stays
+        open), otherwise the answer is sent, the connection closed, and what the client is still
+        sending drained for a bounded time so it reads the answer (not a reset)."""
+        if length is not None and length >= 0 and discard(self.rfile, length, _KEEP_ALIVE_DISCARD):
+            return self._error(status, message, as_json, headers=headers)
+        self.close_connection = True
+        self._linger = True
+        self._error(status, message, as_json, headers=headers)
 
     @staticmethod
     def _encode(message: Message, as_json: bool) -> bytes:
@@ -188,19 +235,72 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
-
-
-class _TooLargeError(ValueError):
-    pass
+        if self._linger:
+            drain_after_reply(self.connection, self.server.max_body_bytes, self.server.request_timeout_s)
 
 
 class _Server(HandshakeOnConnectionThread, ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` of them: one more is answered 503 and closed."""
+
     daemon_threads = True
     intake: TraceIntake
     max_body_bytes: int
+    max_json_bytes: int
+    read_timeout_s: float
+    request_timeout_s: float
     tokens: TokenCheck
+    connections: threading.BoundedSemaphore
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        if not self.connections.acquire(blocking=False):
+            logger.warning("OTLP/HTTP: %s refused, %d connections open already", client_address, self.max_connections)
+            if self.tls is None:  # plain text can be answered before the request is read
+                try:
+                    request.sendall(_BUSY)
+                except OSError:
+                    pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+    @property
+    def max_connections(self) -> int:
+        return self._max_connections
+
+    @max_connections.setter
+    def max_connections(self, value: int) -> None:
+        self._max_connections = value
+        self.connections = threading.BoundedSemaphore(value)
+
+
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Bounds of the OTLP/HTTP receiver besides the body size (`max_body_bytes`, shared with gRPC)."""
+
+    # JSON costs ~25x its size in memory to parse (dicts, then messages); protobuf ~3x.
+    max_json_bytes: int = 16 * 1024 * 1024
+    # The longest wait for any one read, and for a whole request (headers and body).
+    read_timeout_s: float = 10.0
+    request_timeout_s: float = 60.0
+    # Connections served at once (a thread each); one more is answered 503 and closed.
+    max_connections: int = 256
 
 
 class OtlpHttpReceiver:
@@ -214,11 +314,17 @@ class OtlpHttpReceiver:
         max_body_bytes: int = 64 * 1024 * 1024,
         tokens: TokenCheck | None = None,
         tls: ssl.SSLContext | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
+        limits = limits or HttpLimits()
         host, _, port = listen.rpartition(":")
         self._server = _Server((host.strip("[]") or "127.0.0.1", int(port)), _Handler)
         self._server.intake = intake
         self._server.max_body_bytes = max_body_bytes
+        self._server.max_json_bytes = limits.max_json_bytes
+        self._server.read_timeout_s = limits.read_timeout_s
+        self._server.request_timeout_s = limits.request_timeout_s
+        self._server.max_connections = limits.max_connections
         self._server.tokens = tokens or TokenCheck({})
         self._server.tls = tls
         self.scheme = "https" if tls else "http"

@@ -24,10 +24,13 @@ class HandshakeOnConnectionThread:
     own thread, so a slow or broken handshake never stalls the accept loop."""
 
     tls: ssl.SSLContext | None = None
+    # A client that starts a handshake and never finishes it must not hold its thread.
+    handshake_timeout_s: float = 10.0
 
     def finish_request(self, request: socket.socket, client_address: Any) -> None:
         if self.tls is not None:
             try:
+                request.settimeout(self.handshake_timeout_s)
                 request = self.tls.wrap_socket(request, server_side=True)
             except (ssl.SSLError, OSError) as error:
                 logger.info("TLS handshake with %s failed: %s", client_address, error)
