@@ -98,3 +98,9 @@ LLM_CANCELLED = "lightning.llm.cancelled"
 GATEWAY_UNKNOWN_ROLLOUT = "lightning.gateway.unknown_rollout"
 # The Responses API call was served through the upstream's chat completions (token ids from there).
 GATEWAY_RESPONSES_VIA_CHAT = "lightning.gateway.responses_via_chat"
+
+# --- training-free optimisation (otel_lightning/optimize, issue 14) -------------------------------
+# The candidate (model, system prompt, sampling) a rollout ran under: on the rollout span, the gateway's
+# LLM spans and every span in baggage scope. Baggage key and attribute are one name.
+CANDIDATE = "lightning.candidate"
+BAGGAGE_CANDIDATE = CANDIDATE
