@@ -11,6 +11,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_lightning import semconv
+from otel_lightning_collector.dialects.step import SpanView
 
 _ROLLOUT_KEYS = frozenset((semconv.ROLLOUT_ID, semconv.TASK_ID, semconv.ATTEMPT, semconv.SPAN_KIND))
 _ROLLOUT_ID_BYTES = semconv.ROLLOUT_ID.encode()
@@ -167,3 +168,14 @@ def key_value(key: str, value: Any) -> KeyValue:
     else:
         kv.value.string_value = str(value)
     return kv
+
+
+def span_view(span: Span, logs: list[tuple[str, dict[str, Any], Any]] | None = None) -> SpanView:
+    """What the dialects read of a span: its name, decoded attributes and events, and the log records
+    (event name, attributes, body) that refer to it."""
+    return SpanView(
+        name=span.name,
+        attributes=attributes(span.attributes),
+        events=[(event.name, attributes(event.attributes)) for event in span.events],
+        logs=list(logs or ()),
+    )

@@ -1,0 +1,38 @@
+"""Our own spans (the SDK, our instrumentors, the model gateway): `lightning.span.kind` says what a
+span is; messages and tools are GenAI attributes in OpenAI form; token ids, logprobs and the policy
+version are `lightning.llm.*`; `lightning.llm.source = "gateway"` marks the gateway's span of a call."""
+
+from __future__ import annotations
+
+from otel_lightning import semconv
+from otel_lightning_collector.dialects import genai
+from otel_lightning_collector.dialects.step import AGENT, LLM, TOOL, CanonicalStep, SpanView, first_string
+
+NAME = "ours"
+
+_KINDS = {
+    semconv.SPAN_KIND_LLM: LLM,
+    semconv.SPAN_KIND_TOOL: TOOL,
+    semconv.SPAN_KIND_AGENT: AGENT,
+}
+
+
+def recognises(view: SpanView) -> bool:
+    return view.attributes.get(semconv.SPAN_KIND) in _KINDS
+
+
+def read(view: SpanView) -> CanonicalStep | None:
+    found = view.attributes
+    kind = _KINDS.get(found.get(semconv.SPAN_KIND))
+    if kind is None:
+        return None
+    # Our spans follow the GenAI attribute names; only the span name may differ (agent and tool spans).
+    step = genai.read(view, dialect=NAME) or CanonicalStep(kind=kind, dialect=NAME)
+    step.kind = kind
+    step.agent = first_string(found, semconv.AGENT_NAME, semconv.GEN_AI_AGENT_NAME) or None
+    step.prompt_token_ids = found.get(semconv.PROMPT_TOKEN_IDS)
+    step.response_token_ids = found.get(semconv.RESPONSE_TOKEN_IDS)
+    step.response_logprobs = found.get(semconv.RESPONSE_LOGPROBS)
+    step.policy_version = first_string(found, semconv.POLICY_VERSION)
+    step.source = first_string(found, semconv.LLM_SOURCE)
+    return step
