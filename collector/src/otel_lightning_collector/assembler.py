@@ -13,9 +13,17 @@ from dataclasses import dataclass
 from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning_collector.credit import credit_rule
 from otel_lightning_collector.export_activity import ExportActivity
+from otel_lightning_collector.export_tickets import ExportTicket
 from otel_lightning_collector.notifier import Notifier
 from otel_lightning_collector.store import EVENT_ROLLOUT, EVENT_TRANSITION, Completion, RolloutRow, Store
-from otel_lightning_collector.transitions import ABANDONED, INCOMPLETE, SUCCEEDED, agent_selector, build_rollout
+from otel_lightning_collector.transitions import (
+    ABANDONED,
+    INCOMPLETE,
+    MALFORMED,
+    SUCCEEDED,
+    agent_selector,
+    build_rollout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +32,8 @@ _WAKE = object()
 _BATCH = 8
 # Deferral to in-flight exports (see ExportActivity), bounded.
 _MAX_DEFER_S = 1.0
+# How often a wait for the requests acknowledged with a root (see ExportTickets) checks for a stop.
+_WAIT_STEP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,9 +54,11 @@ def _marked_retried(completion: Completion) -> Completion:
 
 
 class RolloutAssembler:
-    """Completes a rollout when its root span is stored (after `settle_s`), or as `incomplete` when
-    it has had no root and no new span for `rollout_timeout_s`. One thread, so completion is serial
-    and the commit order of the event log is the completion order.
+    """Completes a rollout when its root span is stored and every export request acknowledged
+    before or with the root's is indexed (after `settle_s`), or as `incomplete` when it has had no
+    root and no new span for `rollout_timeout_s`. One thread, so completion is serial and the commit
+    order of the event log is the completion order. A rollout that cannot be built (any exception)
+    ends `malformed` with the reason; the others completed with it are not held back.
     """
 
     def __init__(
@@ -77,15 +89,18 @@ class RolloutAssembler:
         self.retry_decider: Callable[[list[Completion]], set[str]] | None = None
         self._abandoned: list[AbandonedRollout] = []
         self._abandoned_lock = threading.Lock()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rollout-assembler", daemon=True)
         self.completed = 0
 
     def start(self) -> None:
-        # Rollouts whose root arrived before a crash or restart are completed first.
-        self.submit(self.store.ready_rollouts())
+        # Rollouts whose root arrived before a crash or restart are completed first, once the
+        # requests left unindexed by that run are indexed.
+        self.submit(self.store.ready_rollouts(), after=[self.activity.tickets.fence()])
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
 
@@ -135,18 +150,20 @@ class RolloutAssembler:
         if done:
             self.notifier.notify()
 
-    def submit(self, rollout_ids: Iterable[str]) -> None:
+    def submit(self, rollout_ids: Iterable[str], after: Sequence[ExportTicket] = ()) -> None:
+        """Complete these rollouts once the requests `after` stands for are indexed (see ExportTickets)."""
         due = time.monotonic() + self.settle_s
         for rollout_id in rollout_ids:
-            self._queue.put((due, rollout_id))
+            self._queue.put((due, rollout_id, after))
 
     def _run(self) -> None:
         next_sweep = time.monotonic() + self.sweep_interval_s
         while True:
-            batch = self._next_batch(timeout=max(next_sweep - time.monotonic(), 0.0))
-            if batch is None:
+            found = self._next_batch(timeout=max(next_sweep - time.monotonic(), 0.0))
+            if found is None:
                 return
-            if batch:
+            batch, tickets = found
+            if batch and self._wait_for_requests(tickets):
                 self.activity.wait_quiet(_MAX_DEFER_S)
                 self._complete_safely(batch)
             self._complete_abandoned()
@@ -154,12 +171,26 @@ class RolloutAssembler:
                 self._sweep()
                 next_sweep = time.monotonic() + self.sweep_interval_s
 
-    def _next_batch(self, timeout: float) -> list[str] | None:
-        """Rollout ids ready now (up to _BATCH, committed together); None once stopped."""
+    def _wait_for_requests(self, tickets: list[ExportTicket]) -> bool:
+        """Wait until the requests acknowledged before or with these rollouts' roots are indexed;
+        False if the assembler stops first (the rollouts stay open: the next start completes them)."""
+        waited = 0.0
+        while not self.activity.tickets.wait_settled(tickets, _WAIT_STEP_S):
+            waited += _WAIT_STEP_S
+            if self._stopping.is_set():
+                logger.warning("stopping before the spans of %d ready rollout(s) were indexed; left open", len(tickets))
+                return False
+            if waited == 10 * _WAIT_STEP_S:
+                logger.warning("rollouts have waited %.0fs for their spans to be indexed (is the store full?)", waited)
+        return True
+
+    def _next_batch(self, timeout: float) -> tuple[list[str], list[ExportTicket]] | None:
+        """Rollout ids ready now (up to _BATCH, committed together) and the tickets they wait for;
+        None once stopped."""
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
-            return []
+            return [], []
         items = [item]
         while len(items) < _BATCH:
             try:
@@ -169,14 +200,16 @@ class RolloutAssembler:
         stop = _STOP in items
         due = [entry for entry in items if entry is not _STOP and entry is not _WAKE]
         if due and not stop:
-            delay = max(at for at, _ in due) - time.monotonic()  # type: ignore[misc]
+            delay = max(at for at, _, _ in due) - time.monotonic()  # type: ignore[misc]
             if delay > 0:
                 time.sleep(delay)
-        batch = list(dict.fromkeys(rollout_id for _, rollout_id in due))  # type: ignore[misc]
+        batch = list(dict.fromkeys(rollout_id for _, rollout_id, _ in due))  # type: ignore[misc]
+        tickets = list({id(t): t for _, _, after in due for t in after}.values())  # type: ignore[misc]
         if stop:
-            self._complete_safely(batch)
+            if self._wait_for_requests(tickets):
+                self._complete_safely(batch)
             return None
-        return batch
+        return batch, tickets
 
     def _sweep(self) -> None:
         idle_since = time.time_ns() - int(self.rollout_timeout_s * 1e9)
@@ -223,11 +256,37 @@ class RolloutAssembler:
             )
         return Completion(row.rollout_id, events, completed.status, completed.error_type, completed.error_message)
 
+    def _build_isolated(self, row: RolloutRow, span_bodies: list[bytes]) -> Completion:
+        """`build`, or, when it raises, the rollout ended `malformed` with the reason: one rollout
+        that cannot be built must not hold back those completed with it."""
+        try:
+            return self.build(row, span_bodies)
+        except Exception as error:
+            reason = f"could not be built ({type(error).__name__}: {error}); no transition kept"
+            logger.exception("rollout %s (task %s) %s", row.rollout_id, row.task_id, reason)
+            completed = pb.RolloutCompleted(
+                rollout_id=row.rollout_id,
+                task_id=row.task_id,
+                attempt=row.attempt,
+                status=MALFORMED,
+                error_type=type(error).__name__,
+                error_message=reason[:2000],
+                span_count=row.span_count,
+                late_span_count=row.late_span_count,
+            )
+            return Completion(
+                row.rollout_id,
+                [(EVENT_ROLLOUT, completed.SerializeToString())],
+                MALFORMED,
+                completed.error_type,
+                completed.error_message,
+            )
+
     def complete(self, rollout_ids: list[str]) -> list[str]:
         """Build and commit the given rollouts (those still open); returns the ids completed now."""
         rows = self.store.rollouts(rollout_ids)
         spans = self.store.rollout_spans([row.rollout_id for row in rows])
-        completions = [self.build(row, spans[row.rollout_id]) for row in rows]
+        completions = [self._build_isolated(row, spans[row.rollout_id]) for row in rows]
         if self.retry_decider is not None:
             retried = self.retry_decider(completions)
             completions = [_marked_retried(c) if c.rollout_id in retried else c for c in completions]

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from otel_lightning_collector.export_tickets import ExportTicket, ExportTickets
+
 
 class ExportActivity:
     def __init__(self, quiet_for_s: float = 0.005, busy_backlog: int = 1024) -> None:
@@ -24,18 +26,23 @@ class ExportActivity:
         self._in_flight = 0
         self._last_change = 0.0
         self._quiet = threading.Condition()
+        # Numbers every export, so a rollout's completion can wait for those in flight with its root.
+        self.tickets = ExportTickets()
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
     @contextlib.contextmanager
-    def exporting(self) -> Iterator[None]:
+    def exporting(self) -> Iterator[ExportTicket]:
+        """Marks one export request in flight, for its whole handling (decoding included)."""
+        ticket = self.tickets.open()
         with self._quiet:
             self._in_flight += 1
         try:
-            yield
+            yield ticket
         finally:
+            self.tickets.end_request(ticket)
             with self._quiet:
                 self._in_flight -= 1
                 self._last_change = time.monotonic()

@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otel_lightning_collector.assembler import RolloutAssembler
 from otel_lightning_collector.export_activity import ExportActivity
+from otel_lightning_collector.export_tickets import ExportTicket
 from otel_lightning_collector.spans import SpanRecord, decode_request
 from otel_lightning_collector.store import Store
 
@@ -76,8 +77,11 @@ class SpanIndexer:
 
     def start(self) -> None:
         # Requests acknowledged before a crash or restart are indexed first, in their order.
-        for batch_id in self.store.pending_batch_ids():
-            self._queue.put((batch_id, None, 0))
+        tickets = self.activity.tickets
+        stored = [(batch_id, tickets.for_stored_request()) for batch_id in self.store.pending_batch_ids()]
+        for batch_id, ticket in stored:
+            tickets.end_request(ticket)
+            self._queue.put((batch_id, None, 0, ticket))
         self._thread.start()
 
     def stop(self) -> None:
@@ -85,11 +89,12 @@ class SpanIndexer:
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
 
-    def submit(self, batch_id: int, request: ExportTraceServiceRequest, span_count: int) -> None:
-        """Index a committed batch; `request` is its parsed form (saves parsing it again)."""
+    def submit(self, batch_id: int, request: ExportTraceServiceRequest, span_count: int, ticket: ExportTicket) -> None:
+        """Index a committed batch; `request` is its parsed form (saves parsing it again); its
+        `ticket` is closed once it is indexed (see ExportTickets)."""
         with self._idle:
             self._pending_spans += span_count
-        self._queue.put((batch_id, request, span_count))
+        self._queue.put((batch_id, request, span_count, ticket))
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every submitted batch is indexed (tests, shutdown); False on timeout."""
@@ -111,15 +116,18 @@ class SpanIndexer:
             except Exception:
                 self._index_one_by_one(batches)
             finally:
+                # Indexed, or left in the store for the next start: no completion waits on it now.
+                for *_, ticket in batches:
+                    self.activity.tickets.close(ticket)
                 with self._idle:
-                    self._pending_spans -= sum(span_count for _, _, span_count in batches)
+                    self._pending_spans -= sum(span_count for _, _, span_count, _ in batches)
                     for _ in items:
                         self._queue.task_done()
                     self._idle.notify_all()
             if _STOP in items:
                 return
 
-    def _index_one_by_one(self, batches: list[tuple[int, Any, int]]) -> None:
+    def _index_one_by_one(self, batches: list[tuple[int, Any, int, ExportTicket]]) -> None:
         """After a failed commit: each request alone, so one that cannot be indexed holds back no
         other. It stays in the store (the next start tries it again), loudly."""
         for batch in batches:
@@ -128,7 +136,7 @@ class SpanIndexer:
             except Exception:
                 logger.exception("could not index export request %d; it stays in the store", batch[0])
 
-    def _index_until_stored(self, batches: list[tuple[int, Any, int]], stopping: bool) -> None:
+    def _index_until_stored(self, batches: list[tuple[int, Any, int, ExportTicket]], stopping: bool) -> None:
         """Index, retrying while the store cannot be written (a full disk): the batches are already
         durable, so they wait (the intake refuses new exports meanwhile) rather than being skipped."""
         backoff = 0.1
@@ -146,20 +154,20 @@ class SpanIndexer:
         if self._pending_spans < self.max_pending_spans // 2:
             self.activity.wait_quiet(_MAX_DEFER_S)
 
-    def _index(self, batches: list[tuple[int, Any, int]]) -> None:
+    def _index(self, batches: list[tuple[int, Any, int, ExportTicket]]) -> None:
         if not batches:
             return
         records: list[SpanRecord] = []
         rejected: list[tuple[str, bytes]] = []
         foreign = 0
-        for batch_id, request, _ in batches:
+        for batch_id, request, _, _ in batches:
             if request is None:
                 request = ExportTraceServiceRequest.FromString(self.store.batch(batch_id))
             decoded = decode_request(request)
             records.extend(decoded.records)
             rejected.extend(decoded.rejected)
             foreign += decoded.foreign_spans
-        result = self.store.ingest(records, [batch_id for batch_id, _, _ in batches], rejected)
+        result = self.store.ingest(records, [batch_id for batch_id, *_ in batches], rejected)
         counters = self.counters
         counters.spans_foreign += foreign
         counters.spans_rejected += len(rejected)
@@ -176,4 +184,5 @@ class SpanIndexer:
         counters.batches_indexed += len(batches)
         if result.late:
             logger.warning("%d span(s) arrived after their rollout was completed; kept, not trained on", result.late)
-        self.assembler.submit(result.ready)
+        # Each ready rollout waits for the requests acknowledged before or with its root's.
+        self.assembler.submit(result.ready, after=[ticket for *_, ticket in batches])

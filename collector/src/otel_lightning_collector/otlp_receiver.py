@@ -31,14 +31,14 @@ class OtlpTraceReceiver:
         return self.intake.counters
 
     def export(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
-        with self.intake.activity.exporting():
+        with self.intake.activity.exporting() as ticket:
             try:
                 request = ExportTraceServiceRequest.FromString(raw)
             except DecodeError as error:
                 self.intake.count(requests_malformed=1)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed OTLP ExportTraceServiceRequest: {error}")
             try:
-                return self.intake.export(request, raw).SerializeToString()
+                return self.intake.export(request, raw, ticket).SerializeToString()
             except ExportRefusedError as refused:
                 context.abort(grpc.StatusCode.UNAVAILABLE, str(refused))
 

@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from otel_lightning_collector.export_activity import ExportActivity
+from otel_lightning_collector.export_tickets import ExportTicket
 from otel_lightning_collector.indexer import SpanIndexer
 from otel_lightning_collector.spans import has_rollout_spans
 from otel_lightning_collector.store import Store
@@ -61,14 +62,20 @@ class TraceIntake:
         self._slots = threading.BoundedSemaphore(max_concurrent_exports)
         self._counter_lock = threading.Lock()
 
-    def export(self, request: ExportTraceServiceRequest, raw: bytes | None = None) -> ExportTraceServiceResponse:
+    def export(
+        self, request: ExportTraceServiceRequest, raw: bytes | None = None, ticket: ExportTicket | None = None
+    ) -> ExportTraceServiceResponse:
         """Accept a parsed request (`raw`: its wire bytes, if it came as protobuf).
 
         Only what acknowledging needs is done here: the request is committed whole when any span
         may belong to a rollout. Each span is checked when it is indexed; one that cannot be used is
         kept aside with the reason (`rejected_spans` in the store), logged and counted, so per-span
-        problems do not come back as a `partial_success`.
+        problems do not come back as a `partial_success`. `ticket`: the one its transport opened
+        (`ExportActivity.exporting`); without one, the request is marked in flight here.
         """
+        if ticket is None:
+            with self.activity.exporting() as own_ticket:
+                return self.export(request, raw, own_ticket)
         if raw is None:
             raw = request.SerializeToString()
         span_count = sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
@@ -83,7 +90,9 @@ class TraceIntake:
                 except sqlite3.Error as error:
                     logger.error("store %s refused an export request: %s", self.store.path, error)
                     self.refuse(f"collector store is not writable ({error}); retry later")
-                self.indexer.submit(batch_id, request, span_count)
+                # From here the indexer closes the ticket, once the request's spans are stored.
+                ticket.handed_over = True
+                self.indexer.submit(batch_id, request, span_count, ticket)
                 self.count(requests=1, spans_accepted=span_count)
             else:
                 self.count(requests=1, spans_foreign=span_count)
