@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PARTS := -e ".[dev]" -e collector -e instrumentors/openai -e instrumentors/openai_agents -e instrumentors/langchain \
-	-e instrumentors/autogen
+	-e instrumentors/autogen -e gateway
 # AutoGen 0.7 pins protobuf~=5.29 for one optional serializer; the collector's generated code needs
 # protobuf 7, with which AutoGen's agents run fine (tested). So AutoGen is installed without its pins.
 AUTOGEN := autogen-core==0.7.5 autogen-agentchat==0.7.5 autogen-ext==0.7.5 \
@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml collector/pyproject.toml instrumentors/*/pyproject.toml
+$(STAMP): pyproject.toml collector/pyproject.toml gateway/pyproject.toml instrumentors/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The CPU wheel first: an unpinned torch (asked for by another package) may pull a multi-GB build.

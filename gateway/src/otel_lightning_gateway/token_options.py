@@ -1,0 +1,62 @@
+"""Asking the upstream for token ids and logprobs, and taking back out what the caller did not ask for.
+
+The caller gets the answer it would have had without the gateway: fields the gateway alone asked for
+(vLLM's `prompt_token_ids` / `token_ids`, `logprobs`, the streamed usage chunk) are removed, everything
+else passes through as the upstream sent it. A caller that asked for them itself gets them untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+CHAT = "chat.completions"
+COMPLETIONS = "completions"
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the caller itself asked for (so it is kept in the answer)."""
+
+    token_ids: bool
+    logprobs: bool
+    usage: bool  # stream_options.include_usage
+
+    @property
+    def everything(self) -> bool:
+        return self.token_ids and self.logprobs and self.usage
+
+
+def ask_for_tokens(api: str, body: dict[str, Any]) -> Asked:
+    """Add vLLM's `return_token_ids`, logprobs and (streamed) the usage chunk to `body`, in place;
+    return what the caller had asked for."""
+    stream_options = body.get("stream_options") or {}
+    asked = Asked(
+        token_ids=bool(body.get("return_token_ids")),
+        logprobs=body.get("logprobs") not in (None, False),
+        usage=bool(stream_options.get("include_usage")) or not body.get("stream"),
+    )
+    body["return_token_ids"] = True
+    if not asked.logprobs:
+        # chat: a flag; completions: how many top alternatives (1 keeps the sampled token's own).
+        body["logprobs"] = True if api == CHAT else 1
+    if body.get("stream") and not asked.usage:
+        body["stream_options"] = {**stream_options, "include_usage": True}
+    return asked
+
+
+def strip(answer: dict[str, Any], asked: Asked) -> dict[str, Any] | None:
+    """`answer` (a response or one streamed chunk of chat/completions) without what only the gateway
+    asked for, changed in place; None when the whole chunk goes (the usage chunk nobody asked for)."""
+    choices = answer.get("choices")
+    if not asked.usage and not choices and answer.get("usage") is not None:
+        return None
+    if not asked.token_ids:
+        answer.pop("prompt_token_ids", None)
+    for choice in choices or ():
+        if not asked.token_ids:
+            choice.pop("token_ids", None)
+            choice.pop("prompt_token_ids", None)  # completions carry them per choice
+        if not asked.logprobs and choice.get("logprobs") is not None:
+            choice["logprobs"] = None
+    return answer
