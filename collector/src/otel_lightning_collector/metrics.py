@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -44,6 +45,9 @@ class CollectorMetrics:
         self._report: pb.StatusReport | None = None
         self._read_at = 0.0
         self._lock = threading.Lock()
+        # Reports are read on one thread of their own: the store opens a reader per thread, and
+        # each scrape comes on a new thread, so reading there left an open file per scrape.
+        self._reading = ThreadPoolExecutor(1, thread_name_prefix="metrics-report")
         self._http = None
         readers: list[MetricReader] = []
         if prometheus_listen:
@@ -83,7 +87,7 @@ class CollectorMetrics:
     def report(self) -> pb.StatusReport:
         with self._lock:
             if self._report is None or time.monotonic() - self._read_at > _FRESH_S:
-                self._report = self.reporter.report()
+                self._report = self._reading.submit(self.reporter.report).result()
                 self._read_at = time.monotonic()
             return self._report
 
@@ -116,6 +120,7 @@ class CollectorMetrics:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+        self._reading.shutdown(wait=True)
 
 
 class _MetricsServer(HandshakeOnConnectionThread, socketserver.ThreadingMixIn, WSGIServer):
@@ -123,6 +128,8 @@ class _MetricsServer(HandshakeOnConnectionThread, socketserver.ThreadingMixIn, W
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10  # seconds a read may wait: a slow client does not hold its thread for ever
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import sqlite3
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +22,13 @@ from otel_lightning_collector.forwarder import OtlpForwarder
 from otel_lightning_collector.indexer import SpanIndexer
 from otel_lightning_collector.metrics import CollectorMetrics
 from otel_lightning_collector.notifier import Notifier
-from otel_lightning_collector.otlp_http import OtlpHttpReceiver
+from otel_lightning_collector.otlp_http import HttpLimits, OtlpHttpReceiver
 from otel_lightning_collector.otlp_receiver import OtlpTraceReceiver
 from otel_lightning_collector.status_report import CollectorStatusService, StatusReporter, counters_of
 from otel_lightning_collector.store import Completion, Store
-from otel_lightning_collector.stream_service import TransitionStreamService
+from otel_lightning_collector.stream_service import DEFAULT_MAX_STREAMS, TransitionStreamService
 from otel_lightning_collector.task_pool import TaskPool
-from otel_lightning_collector.task_pool_service import TaskPoolService
+from otel_lightning_collector.task_pool_service import DEFAULT_MAX_WAITING_CLAIMS, TaskPoolService
 from otel_lightning_collector.tls import server_context
 from otel_lightning_collector.trace_intake import TraceIntake
 from otel_lightning_collector.transitions import LLM_ERROR
@@ -50,7 +53,13 @@ class CollectorConfig:
     tls_key_file: str | None = None
     # The most the store file may grow to (None: the disk's free space); when full, exports are refused.
     max_store_bytes: int | None = None
+    # gRPC threads for short calls (exports, heartbeats, status). Long-lived calls get threads of
+    # their own on top, a bounded number per role (see CollectorServer): they never take these.
     max_workers: int = 32
+    max_streams: int = DEFAULT_MAX_STREAMS
+    max_waiting_claims: int = DEFAULT_MAX_WAITING_CLAIMS
+    # OTLP/HTTP bounds: JSON body size, read timeouts, connections (see otlp_http.HttpLimits).
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     max_concurrent_exports: int = 16
     # OTLP/HTTP (`/v1/traces`) on this host:port too; None: gRPC only.
     http_listen: str | None = None
@@ -72,6 +81,46 @@ class CollectorConfig:
     require_reward: bool = False
 
 
+def check_port_free(listen: str, what: str) -> None:
+    """OSError with one clear line when `listen` is taken (gRPC would say it in twenty, at start)."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as error:
+            raise OSError(
+                f"cannot listen on {listen} for {what}: {error.strerror or error} (another collector running?"
+                " choose other ports with --listen / --http-listen)"
+            ) from None
+
+
+def prepare_store_path(path: str | Path) -> None:
+    """A new store (it holds prompts and answers) is created readable by its owner only: its folder
+    0700, its file 0600 (SQLite gives the WAL and shared-memory files the same mode)."""
+    if str(path) == ":memory:":
+        return
+    path = Path(path)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def check_writable(store: Store) -> None:
+    """OSError when the store cannot be written: fail at start with the reason, not at every export."""
+    try:
+        with store.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute(f"PRAGMA user_version = {int(version)}")
+    except sqlite3.Error as error:
+        raise OSError(f"the store {store.path} cannot be written ({error}); check its permissions and disk") from None
+
+
 class CollectorServer:
     """Start with `start()` (or as a context manager); `port` is the bound port (listen on :0 for any)."""
 
@@ -83,7 +132,23 @@ class CollectorServer:
             raise ValueError("TLS needs both a certificate file and its private key file")
         self.tokens = TokenCheck(config.tokens)
         self.tls = server_context(config.tls_cert_file, config.tls_key_file)  # for the HTTP endpoints
+        for listen, what in (
+            (config.listen, "gRPC"),
+            (config.http_listen, "OTLP/HTTP"),
+            (config.metrics_listen, "metrics"),
+        ):
+            if listen:
+                check_port_free(listen, what)
+        prepare_store_path(config.store_path)
         self.store = Store(config.store_path, synchronous=config.durability.upper(), max_bytes=config.max_store_bytes)
+        try:
+            check_writable(self.store)
+            self._build(config)
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _build(self, config: CollectorConfig) -> None:
         self.notifier = Notifier()
         self.activity = ExportActivity()
         self.assembler = RolloutAssembler(
@@ -111,7 +176,7 @@ class CollectorServer:
             activity=self.activity,
         )
         self.receiver = OtlpTraceReceiver(self.intake)
-        self.stream = TransitionStreamService(self.store, self.notifier)
+        self.stream = TransitionStreamService(self.store, self.notifier, max_streams=config.max_streams)
         self.task_pool = TaskPool(
             self.store,
             max_attempts=config.max_attempts,
@@ -119,8 +184,16 @@ class CollectorServer:
             retry_backoff_s=config.retry_backoff_s,
         )
         self.assembler.retry_decider = self._retry_failed_model_calls
+        # Long-lived calls (transition streams, claims waiting for work) hold a thread each for as long
+        # as they last. They get threads of their own: the pool has max_workers for short calls plus
+        # one per stream and waiting claim allowed, and each of those roles is bounded (a stream past
+        # its bound is refused RESOURCE_EXHAUSTED; a claim past its bound does not wait). So no number
+        # of followers or waiting workers can take the threads exports need. Chosen over a second
+        # server (another port for every client to learn) and over grpc.aio (every service rewritten):
+        # one port, the same services, and the bound is plain to read here.
+        threads = config.max_workers + config.max_streams + config.max_waiting_claims
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="collector-rpc"),
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="collector-rpc"),
             interceptors=[BearerTokenInterceptor(self.tokens)] if self.tokens.enabled else None,
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -128,7 +201,8 @@ class CollectorServer:
             ],
         )
         self._server.add_generic_rpc_handlers((*self.receiver.handlers(), self.stream.handler()))
-        pb_grpc.add_TaskPoolServicer_to_server(TaskPoolService(self.task_pool), self._server)
+        pool_service = TaskPoolService(self.task_pool, max_waiting_claims=config.max_waiting_claims)
+        pb_grpc.add_TaskPoolServicer_to_server(pool_service, self._server)
         self.status = StatusReporter(
             self.store, self.task_pool, counters=self._counters, pending=lambda: self.indexer.pending_spans
         )
@@ -152,6 +226,7 @@ class CollectorServer:
                 max_body_bytes=config.max_message_bytes,
                 tokens=self.tokens,
                 tls=self.tls,
+                limits=config.http_limits,
             )
             if config.http_listen
             else None

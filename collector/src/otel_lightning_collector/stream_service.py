@@ -18,6 +18,12 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "otel_lightning.v1.TransitionStream"
 DEFAULT_MAX_IN_FLIGHT = 256
+# Streams served at once. Each holds a gRPC thread for as long as it lasts; the server's pool has
+# this many threads besides those for exports (server.py), so followers never starve exports.
+DEFAULT_MAX_STREAMS = 16
+# Sequences are SQLite integers (signed 64-bit); names are stored per consumer.
+_MAX_SEQUENCE = (1 << 63) - 1
+_MAX_CONSUMER_NAME = 256
 _PAGE = 256
 _POLL_S = 0.5
 _PERSIST_S = 0.05
@@ -61,6 +67,9 @@ class _Acks:
         self.store = store
         self.consumer = consumer
         self.acked = start
+        # The last sequence sent (set before each event is handed to gRPC): an ack beyond it is
+        # refused, else a consumer could skip events it never received and be told it caught up.
+        self.sent = start
         self._persisted = start
         self._persisted_at = time.monotonic()
         self.error: str | None = None
@@ -73,6 +82,9 @@ class _Acks:
                 request = pb.SubscribeRequest.FromString(raw)
                 if request.WhichOneof("request") != "ack":
                     self.error = "after the first Subscribe, only Acks may be sent"
+                    break
+                if request.ack.sequence > self.sent:
+                    self.error = f"ack.sequence {request.ack.sequence} is beyond the last sequence sent ({self.sent})"
                     break
                 self._ack(request.ack.sequence)
                 if time.monotonic() - self._persisted_at >= _PERSIST_S:
@@ -103,11 +115,24 @@ class _Acks:
 
 
 class TransitionStreamService:
-    def __init__(self, store: Store, notifier: Notifier) -> None:
+    def __init__(self, store: Store, notifier: Notifier, *, max_streams: int = DEFAULT_MAX_STREAMS) -> None:
         self.store = store
         self.notifier = notifier
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
 
     def subscribe(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        if not self._streams.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the collector serves at most {self.max_streams} transition streams at once; close one or retry later",
+            )
+        try:
+            yield from self._subscribe(requests, context)
+        finally:
+            self._streams.release()
+
+    def _subscribe(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         first = next(requests, None)
         try:
             request = pb.SubscribeRequest.FromString(first) if first is not None else None
@@ -116,6 +141,11 @@ class TransitionStreamService:
         if request is None or request.WhichOneof("request") != "subscribe":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first SubscribeRequest must be a Subscribe")
         subscribe = request.subscribe
+        if subscribe.start_after > _MAX_SEQUENCE:
+            message = f"start_after must be below 2^63, not {subscribe.start_after}"
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        if len(subscribe.consumer.encode()) > _MAX_CONSUMER_NAME:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"consumer names are at most {_MAX_CONSUMER_NAME} bytes")
         from_latest = subscribe.from_latest and subscribe.follow and not subscribe.consumer
         if subscribe.consumer:
             start = self.store.acked_sequence(subscribe.consumer)
@@ -145,8 +175,8 @@ class TransitionStreamService:
             generation = self.notifier.generation
             events = self.store.events_after(sent, min(room, _PAGE), end)
             for stored in events:
+                sent = acks.sent = stored.sequence
                 yield encode_stream_event(stored)
-                sent = stored.sequence
             if events:
                 continue
             if end is not None:

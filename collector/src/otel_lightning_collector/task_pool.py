@@ -22,6 +22,22 @@ from otel_lightning_collector.store import Store
 logger = logging.getLogger(__name__)
 _MAX_RETRY_BACKOFF_S = 60.0
 
+# What a task may hold, checked at submit: a lease must reach the worker that claims it, and our
+# TaskPoolClient receives at most gRPC's default 4 MiB. A task too big to receive would kill each
+# worker that claims it, again at every requeue. Room is left for the lease's own fields.
+CLIENT_MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+MAX_TASK_BYTES = CLIENT_MAX_RECEIVE_BYTES - 16 * 1024
+MAX_TASK_ID_BYTES = 1024
+MAX_URL_BYTES = 2048
+MAX_POLICY_VERSION_BYTES = 256
+# A group is a handful to a few hundred rollouts of one task; submitting inserts every sample in one
+# transaction that exports wait behind, so one request adds at most MAX_SAMPLES_PER_SUBMIT of them.
+# 1,024 samples with MAX_ERROR_BYTES each still fit one SampleStates answer our client can receive.
+MAX_GROUP_SIZE = 1024
+MAX_SAMPLES_PER_SUBMIT = 100_000
+MAX_ERROR_BYTES = 2048
+_MAX_STATUS_BYTES = 64
+
 QUEUED, LEASED, DONE, FAILED = "queued", "leased", "done", "failed"
 
 _SCHEMA = """
@@ -55,6 +71,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS samples_by_lease ON samples (lease_id);
 """
 # Task columns added after the first release, each TEXT NOT NULL DEFAULT ''.
 _ADDED_TASK_COLUMNS = ("openai_base_url", "policy_version")
+
+
+def _bounded(text: str, limit: int) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    note = f" ... [cut: {len(data)} bytes]"
+    return data[: limit - len(note)].decode(errors="ignore") + note
 
 
 @dataclass(frozen=True)
@@ -122,14 +146,44 @@ class TaskPool:
             if "available_ns" not in sample_columns:
                 db.execute("ALTER TABLE samples ADD COLUMN available_ns INTEGER NOT NULL DEFAULT 0")
 
+    @staticmethod
+    def check(tasks: list[TaskSpec]) -> None:
+        """ValueError naming the task and field when a task is over a limit (nothing is then added)."""
+        samples = 0
+        for index, task in enumerate(tasks):
+            if not task.task_id:
+                raise ValueError(f"tasks[{index}]: every task needs a non-empty task_id")
+            sizes = {
+                "task_id": (len(task.task_id.encode()), MAX_TASK_ID_BYTES),
+                "openai_base_url": (len(task.openai_base_url.encode()), MAX_URL_BYTES),
+                "policy_version": (len(task.policy_version.encode()), MAX_POLICY_VERSION_BYTES),
+            }
+            for name, (size, limit) in sizes.items():
+                if size > limit:
+                    raise ValueError(f"tasks[{index}].{name} is {size} bytes; at most {limit}")
+            total = len(task.input_json.encode()) + sum(size for size, _ in sizes.values())
+            if total > MAX_TASK_BYTES:
+                raise ValueError(
+                    f"tasks[{index}] ({task.task_id[:80]!r}): input_json is {total} bytes with its fields; at most"
+                    f" {MAX_TASK_BYTES} (a worker receives at most {CLIENT_MAX_RECEIVE_BYTES}); pass large inputs"
+                    " by reference (a path or URL in the input)"
+                )
+            if not 1 <= task.group_size <= MAX_GROUP_SIZE:
+                raise ValueError(f"tasks[{index}].group_size must be 1 to {MAX_GROUP_SIZE}, not {task.group_size}")
+            samples += task.group_size
+        if samples > MAX_SAMPLES_PER_SUBMIT:
+            raise ValueError(
+                f"one Submit adds at most {MAX_SAMPLES_PER_SUBMIT} samples (tasks x group_size), not {samples};"
+                " submit in several requests"
+            )
+
     def submit(self, tasks: list[TaskSpec]) -> tuple[int, int]:
         """Add tasks (ids already present are left as they are); returns (accepted, already_known)."""
+        self.check(tasks)
         accepted = 0
         now = time.time_ns()
         with self.store.transaction() as db:
             for task in tasks:
-                if not task.task_id:
-                    raise ValueError("every task needs a non-empty task_id")
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO tasks"
                     " (task_id, input_json, group_size, submitted_ns, openai_base_url, policy_version)"
@@ -137,7 +191,7 @@ class TaskPool:
                     (
                         task.task_id,
                         task.input_json,
-                        max(task.group_size, 1),
+                        task.group_size,
                         now,
                         task.openai_base_url,
                         task.policy_version,
@@ -147,7 +201,7 @@ class TaskPool:
                     accepted += 1
                     db.executemany(
                         "INSERT INTO samples (task_id, sample, state) VALUES (?, ?, ?)",
-                        [(task.task_id, sample, QUEUED) for sample in range(max(task.group_size, 1))],
+                        [(task.task_id, sample, QUEUED) for sample in range(task.group_size)],
                     )
         with self._available:
             self._available.notify_all()
@@ -201,8 +255,13 @@ class TaskPool:
     def complete(
         self, lease_id: str, status: str, error_type: str = "", error_message: str = "", requeue: bool = False
     ) -> bool:
-        """Finish a lease; False when it is unknown or no longer held (it expired and was requeued)."""
-        error = f"{error_type}: {error_message}".strip(": ")
+        """Finish a lease; False when it is unknown or no longer held (it expired and was requeued).
+
+        The error is kept to MAX_ERROR_BYTES (the rest is cut, and the cut said), so what is stored
+        fits the answers that carry it back."""
+        if len(status.encode()) > _MAX_STATUS_BYTES:
+            raise ValueError(f"status is at most {_MAX_STATUS_BYTES} bytes")
+        error = _bounded(f"{error_type}: {error_message}".strip(": "), MAX_ERROR_BYTES)
         with self.store.transaction() as db:
             row = db.execute(
                 "SELECT seq, attempts, retry_reason FROM samples WHERE lease_id = ? AND state = ?", (lease_id, LEASED)
