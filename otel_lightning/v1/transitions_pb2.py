@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#otel_lightning/v1/transitions.proto\x12\x11otel_lightning.v1\"\xf2\x02\n\nTransition\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0c\n\x04step\x18\x04 \x01(\x05\x12\r\n\x05\x61gent\x18\x05 \x01(\t\x12\x12\n\nstate_json\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x63tion_json\x18\x07 \x01(\t\x12\x0e\n\x06reward\x18\x08 \x01(\x01\x12\x17\n\x0fnext_state_json\x18\t \x01(\t\x12\x0c\n\x04\x64one\x18\n \x01(\x08\x12\x18\n\x10prompt_token_ids\x18\x0b \x03(\x03\x12\x1a\n\x12response_token_ids\x18\x0c \x03(\x03\x12\x19\n\x11response_logprobs\x18\r \x03(\x01\x12\x16\n\x0epolicy_version\x18\x0e \x01(\t\x12\r\n\x05model\x18\x0f \x01(\t\x12\x16\n\x0erollout_status\x18\x10 \x01(\t\x12\x10\n\x08trace_id\x18\x11 \x01(\t\x12\x0f\n\x07span_id\x18\x12 \x01(\t\"\x9c\x02\n\x10RolloutCompleted\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nerror_type\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12\x14\n\x0ctotal_reward\x18\x07 \x01(\x01\x12\x18\n\x10transition_count\x18\x08 \x01(\x05\x12\x12\n\nspan_count\x18\t \x01(\x05\x12\x17\n\x0flate_span_count\x18\n \x01(\x05\x12\x12\n\nhas_reward\x18\x0b \x01(\x08\x12\x0f\n\x07retried\x18\x0c \x01(\x08\x12\x15\n\rerror_span_id\x18\r \x01(\t\"\xc9\x01\n\x0bStreamEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x33\n\ntransition\x18\x02 \x01(\x0b\x32\x1d.otel_lightning.v1.TransitionH\x00\x12\x36\n\x07rollout\x18\x03 \x01(\x0b\x32#.otel_lightning.v1.RolloutCompletedH\x00\x12\x30\n\tcaught_up\x18\x04 \x01(\x0b\x32\x1b.otel_lightning.v1.CaughtUpH\x00\x42\t\n\x07payload\"!\n\x08\x43\x61ughtUp\x12\x15\n\rlast_sequence\x18\x01 \x01(\x04\"n\n\tSubscribe\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x13\n\x0bstart_after\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\x12\x13\n\x0b\x66rom_latest\x18\x05 \x01(\x08\"\x17\n\x03\x41\x63k\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"w\n\x10SubscribeRequest\x12\x31\n\tsubscribe\x18\x01 \x01(\x0b\x32\x1c.otel_lightning.v1.SubscribeH\x00\x12%\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x16.otel_lightning.v1.AckH\x00\x42\t\n\x07request2h\n\x10TransitionStream\x12T\n\tSubscribe\x12#.otel_lightning.v1.SubscribeRequest\x1a\x1e.otel_lightning.v1.StreamEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#otel_lightning/v1/transitions.proto\x12\x11otel_lightning.v1\"\x8c\x03\n\nTransition\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0c\n\x04step\x18\x04 \x01(\x05\x12\r\n\x05\x61gent\x18\x05 \x01(\t\x12\x12\n\nstate_json\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x63tion_json\x18\x07 \x01(\t\x12\x0e\n\x06reward\x18\x08 \x01(\x01\x12\x17\n\x0fnext_state_json\x18\t \x01(\t\x12\x0c\n\x04\x64one\x18\n \x01(\x08\x12\x18\n\x10prompt_token_ids\x18\x0b \x03(\x03\x12\x1a\n\x12response_token_ids\x18\x0c \x03(\x03\x12\x19\n\x11response_logprobs\x18\r \x03(\x01\x12\x16\n\x0epolicy_version\x18\x0e \x01(\t\x12\r\n\x05model\x18\x0f \x01(\t\x12\x16\n\x0erollout_status\x18\x10 \x01(\t\x12\x10\n\x08trace_id\x18\x11 \x01(\t\x12\x0f\n\x07span_id\x18\x12 \x01(\t\x12\x18\n\x10token_ids_absent\x18\x13 \x01(\x08\"\xe5\x02\n\x10RolloutCompleted\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nerror_type\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12\x14\n\x0ctotal_reward\x18\x07 \x01(\x01\x12\x18\n\x10transition_count\x18\x08 \x01(\x05\x12\x12\n\nspan_count\x18\t \x01(\x05\x12\x17\n\x0flate_span_count\x18\n \x01(\x05\x12\x12\n\nhas_reward\x18\x0b \x01(\x08\x12\x0f\n\x07retried\x18\x0c \x01(\x08\x12\x15\n\rerror_span_id\x18\r \x01(\t\x12\x1f\n\x17steps_without_token_ids\x18\x0e \x01(\x05\x12\x16\n\x0etoken_ids_note\x18\x0f \x01(\t\x12\x0e\n\x06source\x18\x10 \x01(\t\"\x98\x01\n\x0cRewardUpdate\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x13\n\x0bresponse_id\x18\x07 \x01(\t\x12\x0e\n\x06origin\x18\x08 \x01(\t\"\x83\x02\n\x0bStreamEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x33\n\ntransition\x18\x02 \x01(\x0b\x32\x1d.otel_lightning.v1.TransitionH\x00\x12\x36\n\x07rollout\x18\x03 \x01(\x0b\x32#.otel_lightning.v1.RolloutCompletedH\x00\x12\x30\n\tcaught_up\x18\x04 \x01(\x0b\x32\x1b.otel_lightning.v1.CaughtUpH\x00\x12\x38\n\rreward_update\x18\x05 \x01(\x0b\x32\x1f.otel_lightning.v1.RewardUpdateH\x00\x42\t\n\x07payload\"!\n\x08\x43\x61ughtUp\x12\x15\n\rlast_sequence\x18\x01 \x01(\x04\"\x86\x01\n\tSubscribe\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x13\n\x0bstart_after\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\x12\x13\n\x0b\x66rom_latest\x18\x05 \x01(\x08\x12\x16\n\x0ereward_updates\x18\x06 \x01(\x08\"\x17\n\x03\x41\x63k\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"w\n\x10SubscribeRequest\x12\x31\n\tsubscribe\x18\x01 \x01(\x0b\x32\x1c.otel_lightning.v1.SubscribeH\x00\x12%\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x16.otel_lightning.v1.AckH\x00\x42\t\n\x07request2h\n\x10TransitionStream\x12T\n\tSubscribe\x12#.otel_lightning.v1.SubscribeRequest\x1a\x1e.otel_lightning.v1.StreamEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'otel_lightning.v1.transitio
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRANSITION']._serialized_start=59
-  _globals['_TRANSITION']._serialized_end=429
-  _globals['_ROLLOUTCOMPLETED']._serialized_start=432
-  _globals['_ROLLOUTCOMPLETED']._serialized_end=716
-  _globals['_STREAMEVENT']._serialized_start=719
-  _globals['_STREAMEVENT']._serialized_end=920
-  _globals['_CAUGHTUP']._serialized_start=922
-  _globals['_CAUGHTUP']._serialized_end=955
-  _globals['_SUBSCRIBE']._serialized_start=957
-  _globals['_SUBSCRIBE']._serialized_end=1067
-  _globals['_ACK']._serialized_start=1069
-  _globals['_ACK']._serialized_end=1092
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1094
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1213
-  _globals['_TRANSITIONSTREAM']._serialized_start=1215
-  _globals['_TRANSITIONSTREAM']._serialized_end=1319
+  _globals['_TRANSITION']._serialized_end=455
+  _globals['_ROLLOUTCOMPLETED']._serialized_start=458
+  _globals['_ROLLOUTCOMPLETED']._serialized_end=815
+  _globals['_REWARDUPDATE']._serialized_start=818
+  _globals['_REWARDUPDATE']._serialized_end=970
+  _globals['_STREAMEVENT']._serialized_start=973
+  _globals['_STREAMEVENT']._serialized_end=1232
+  _globals['_CAUGHTUP']._serialized_start=1234
+  _globals['_CAUGHTUP']._serialized_end=1267
+  _globals['_SUBSCRIBE']._serialized_start=1270
+  _globals['_SUBSCRIBE']._serialized_end=1404
+  _globals['_ACK']._serialized_start=1406
+  _globals['_ACK']._serialized_end=1429
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1431
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1550
+  _globals['_TRANSITIONSTREAM']._serialized_start=1552
+  _globals['_TRANSITIONSTREAM']._serialized_end=1656
 # @@protoc_insertion_point(module_scope)

@@ -8,12 +8,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otel_lightning import semconv
 from otel_lightning.v1 import transitions_pb2 as pb
+from otel_lightning_collector import evaluations
 from otel_lightning_collector.credit import CreditRule
-from otel_lightning_collector.spans import attributes
+from otel_lightning_collector.dialects import LLM, TOOL, CanonicalStep, MessageFormError, read_span
+from otel_lightning_collector.spans import any_value, attributes, span_view
+from otel_lightning_collector.step_merge import Step, one_step_per_call
 
 # A rollout's status; docs/rollout_status.md says what each means and what the trainer does with it.
 SUCCEEDED = "succeeded"
@@ -25,13 +29,6 @@ MALFORMED = "malformed"  # spans that cannot form a transition (no LLM call, unr
 INCOMPLETE = "incomplete"  # the root span never arrived
 ABANDONED = "abandoned"  # the worker lost its lease (crashed, hung, cut off); the sample was requeued
 STATUSES = (SUCCEEDED, FAILED, TIMEOUT, LLM_ERROR, TOOL_ERROR, MALFORMED, INCOMPLETE, ABANDONED)
-
-
-@dataclass
-class Step:
-    span: Span
-    attributes: dict[str, Any]
-    agent: str
 
 
 @dataclass
@@ -62,57 +59,96 @@ def _failure_of(root: Span, failed_llm: Span | None, failed_tool: Span | None) -
     return FAILED, root
 
 
-def _token_ids_problem(found: dict[str, Any]) -> str | None:
-    """What is wrong with an LLM span's token ids and logprobs, if anything (they are optional)."""
-    for key in (semconv.PROMPT_TOKEN_IDS, semconv.RESPONSE_TOKEN_IDS):
-        ids = found.get(key)
+def _token_ids_problem(step: CanonicalStep) -> str | None:
+    """What is wrong with an LLM step's token ids and logprobs, if anything (they are optional)."""
+    for key, ids in (
+        (semconv.PROMPT_TOKEN_IDS, step.prompt_token_ids),
+        (semconv.RESPONSE_TOKEN_IDS, step.response_token_ids),
+    ):
         if ids is None:
             continue
         if not isinstance(ids, list) or not all(type(i) is int and 0 <= i < 2**31 for i in ids):
             return f"{key} must be a list of token ids (ints from 0 to 2^31)"
-    logprobs = found.get(semconv.RESPONSE_LOGPROBS)
+    logprobs = step.response_logprobs
     if logprobs:
         if not isinstance(logprobs, list) or not all(isinstance(p, float) and p <= 0.0 for p in logprobs):
             return f"{semconv.RESPONSE_LOGPROBS} must be a list of log-probabilities (floats <= 0)"
-        if len(logprobs) != len(found.get(semconv.RESPONSE_TOKEN_IDS) or ()):
+        if len(logprobs) != len(step.response_token_ids or ()):
             return f"{semconv.RESPONSE_LOGPROBS} must have one value per response token id"
     return None
 
 
-def _state_json(step_attributes: dict[str, Any]) -> str:
-    messages = json.loads(step_attributes.get(semconv.GEN_AI_INPUT_MESSAGES) or "[]")
-    state: dict[str, Any] = {"messages": messages}
-    tools = step_attributes.get(semconv.GEN_AI_TOOL_DEFINITIONS)
-    if tools:
-        state["tools"] = json.loads(tools)
-    return json.dumps(state, ensure_ascii=False, separators=(",", ":"))
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _action_json(step_attributes: dict[str, Any]) -> str:
-    outputs = json.loads(step_attributes.get(semconv.GEN_AI_OUTPUT_MESSAGES) or "[]")
-    return json.dumps(outputs[0] if outputs else {}, ensure_ascii=False, separators=(",", ":"))
+def _state_json(step: CanonicalStep) -> str:
+    state: dict[str, Any] = {"messages": step.input_messages or []}
+    if step.tools:
+        state["tools"] = step.tools
+    return _compact(state)
 
 
-def _innermost_llm_steps(steps: list[Step], spans: list[Span]) -> list[Step]:
-    """One step per LLM call: a framework's LLM span (LangChain's chat model run) with a client's
-    LLM span inside it (the OpenAI client, with token ids) is one call seen at two layers; the inner
-    span is the step, taking the outer one's agent if it names none."""
+def _action_json(step: CanonicalStep) -> str:
+    return _compact(step.output_messages[0] if step.output_messages else {})
+
+
+def _token_ids_absent(step: CanonicalStep) -> bool:
+    return not step.prompt_token_ids and not step.response_token_ids
+
+
+def _token_ids_note(without: list[Step], total: int) -> str:
+    """Why steps have no token ids, and what to do about it."""
+    if not without:
+        return ""
+    dialects = sorted({step.step.dialect for step in without})
+    return (
+        f"{len(without)} of {total} LLM calls carry no token ids (spans from {', '.join(dialects)} instrumentation, "
+        "which records none): run the agent through the model gateway (`otel-lightning worker` starts one by "
+        "default; `otel-lightning gateway` otherwise), or let the trainer retokenise them (--retokenize)"
+    )
+
+
+def _logs_by_span(logs: Sequence[LogRecord]) -> dict[bytes, list[tuple[str, dict[str, Any], Any]]]:
+    found: dict[bytes, list[tuple[str, dict[str, Any], Any]]] = {}
+    for record in logs:
+        if record.span_id:
+            found.setdefault(record.span_id, []).append(
+                (record.event_name, attributes(record.attributes), any_value(record.body))
+            )
+    return found
+
+
+def _log_evaluations(logs: Sequence[LogRecord]) -> list[evaluations.Evaluation]:
+    found = []
+    for record in logs:
+        record_attributes = attributes(record.attributes)
+        if evaluations.is_evaluation(record.event_name, record_attributes):
+            time_ns = record.time_unix_nano or record.observed_time_unix_nano
+            if (rated := evaluations.evaluation(record_attributes, time_ns, record.span_id)) is not None:
+                found.append(rated)
+    return found
+
+
+def _reward_times(rated: list[evaluations.Evaluation], steps: list[Step], spans: list[Span]) -> list[tuple[int, float]]:
+    """(time, value) of evaluation rewards: at the end of the step they rate (by span, its parents, or
+    response id), so per-step credit gives each to its step; else at their own time."""
+    end_of_step = {step.span.span_id: step.span.end_time_unix_nano for step in steps}
     parent_of = {span.span_id: span.parent_span_id for span in spans}
-    by_id = {step.span.span_id: step for step in steps}
-    covered: set[bytes] = set()
-    for step in steps:
-        seen = {step.span.span_id}
-        parent = parent_of.get(step.span.span_id)
-        while parent and parent not in seen:  # `seen`: malformed input may hold a cycle
-            seen.add(parent)
-            outer = by_id.get(parent)
-            if outer is not None:
-                covered.add(parent)
-                if semconv.AGENT_NAME not in step.attributes:
-                    step.agent = outer.agent
+    by_response = {step.step.response_id: step.span.end_time_unix_nano for step in steps if step.step.response_id}
+    rewards = []
+    for item in rated:
+        at, span_id, seen = item.time_ns, item.span_id, set()
+        while span_id and span_id not in seen:
+            seen.add(span_id)
+            if span_id in end_of_step:
+                at = end_of_step[span_id]
                 break
-            parent = parent_of.get(parent)
-    return [step for step in steps if step.span.span_id not in covered]
+            span_id = parent_of.get(span_id, b"")
+        else:
+            at = by_response.get(item.response_id, at)
+        rewards.append((at, item.score))
+    return rewards
 
 
 def agent_selector(patterns: Sequence[str]) -> Callable[[str], bool] | None:
@@ -133,49 +169,77 @@ def build_rollout(
     root_missing_status: str = INCOMPLETE,
     trains_agent: Callable[[str], bool] | None = None,
     require_reward: bool = False,
+    logs: Sequence[LogRecord] = (),
+    extra_rewards: Sequence[tuple[int, float]] = (),
+    source: str = "",
 ) -> BuiltRollout:
     """Transitions of one rollout, in step order, and its completion record.
 
-    LLM spans are the steps (the innermost, where one call was recorded at two layers; failed LLM
-    calls produce no action, so no transition); reward spans are spread over the steps by
+    Spans are read through the dialects (ours, GenAI, OpenInference, OpenLLMetry); LLM steps are the
+    steps, one per model call (step_merge: the gateway's and the client's spans of a call are one
+    step; failed LLM calls produce no action, so no transition). Rewards — reward spans,
+    `gen_ai.evaluation.result` events (span events and the `logs` records of the rollout's traces)
+    and `extra_rewards` (feedback recorded while the rollout was open) — are spread over the steps by
     `credit`; next_state is the next step of the same agent.
     `trains_agent` selects the agents whose steps become transitions in multi-agent runs; what the
-    others said stays in the conversation, as state.
+    others said stays in the conversation, as state. `source` is "" for a rollout, "episode" for
+    production traffic.
     """
     spans = [Span.FromString(body) for body in span_bodies]
+    logs_by_span = _logs_by_span(logs)
+    rated = _log_evaluations(logs)
     root: Span | None = None
     steps: list[Step] = []
-    rewards: list[tuple[int, float]] = []
+    rewards: list[tuple[int, float]] = list(extra_rewards)
     failed_llm: Span | None = None
     failed_tool: Span | None = None
     malformed: list[str] = []
     malformed_span: Span | None = None
+    unreadable = False
     for span in spans:
-        found = attributes(span.attributes)
+        view = span_view(span, logs_by_span.get(span.span_id))
+        found = view.attributes
         kind = found.get(semconv.SPAN_KIND)
+        for event_name, event_attributes in view.events:
+            if evaluations.is_evaluation(event_name, event_attributes):
+                event_time = next(e.time_unix_nano for e in span.events if e.name == event_name)
+                if (item := evaluations.evaluation(event_attributes, event_time, span.span_id)) is not None:
+                    rated.append(item)
         if kind == semconv.SPAN_KIND_ROLLOUT:
             root = span
-        elif kind == semconv.SPAN_KIND_REWARD:
+            continue
+        if kind == semconv.SPAN_KIND_REWARD:
             value = found.get(semconv.REWARD_VALUE)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 rewards.append((span.start_time_unix_nano, float(value)))
             else:
                 malformed.append(f"reward span {span.span_id.hex()} has no numeric {semconv.REWARD_VALUE}")
                 malformed_span = malformed_span or span
-        elif kind == semconv.SPAN_KIND_TOOL:
+            continue
+        try:
+            step = read_span(view)
+        except (MessageFormError, TypeError, AttributeError) as error:
+            # Any input a dialect cannot read makes this rollout malformed, with the reason; no crash.
+            malformed.append(f"span {span.span_id.hex()} ({span.name!r}) has unreadable messages: {error}")
+            malformed_span = malformed_span or span
+            unreadable = True
+            continue
+        if step is None:
+            continue
+        if step.kind == TOOL:
             if span.status.code == Status.STATUS_CODE_ERROR:
                 failed_tool = failed_tool or span
-        elif kind == semconv.SPAN_KIND_LLM:
+        elif step.kind == LLM:
             if span.status.code == Status.STATUS_CODE_ERROR:
                 failed_llm = failed_llm or span
                 continue
-            agent = str(found.get(semconv.AGENT_NAME) or semconv.DEFAULT_AGENT_NAME)
-            steps.append(Step(span, found, agent))
-    steps = _innermost_llm_steps(steps, spans)
+            steps.append(Step(span, step))
+    steps = one_step_per_call(steps, spans)
     steps.sort(key=lambda s: (s.span.end_time_unix_nano, s.span.start_time_unix_nano, s.span.span_id))
+    rewards.extend(_reward_times(rated, steps, spans))
     rewards.sort()
 
-    broken = [(step, problem) for step in steps if (problem := _token_ids_problem(step.attributes)) is not None]
+    broken = [(step, problem) for step in steps if (problem := _token_ids_problem(step.step)) is not None]
     for step, problem in broken:
         malformed.append(f"LLM span {step.span.span_id.hex()}: {problem}")
         malformed_span = malformed_span or step.span
@@ -196,8 +260,8 @@ def build_rollout(
     elif require_reward and not rewards:
         status, error_message, error_span = MALFORMED, "no reward recorded, and this collector requires one", root
 
-    if broken:
-        steps = []  # no transition is better than one with token ids the trainer cannot trust
+    if broken or unreadable:
+        steps = []  # no transition is better than one with token ids or messages the trainer cannot trust
     if trains_agent is not None:
         steps = [step for step in steps if trains_agent(step.agent)]
     built = BuiltRollout()
@@ -205,16 +269,10 @@ def build_rollout(
     per_agent_index: dict[str, int] = {}
     last_of_agent: dict[str, pb.Transition] = {}
     for step, reward in zip(steps, step_rewards, strict=True):
-        try:
-            state_json, action_json = _state_json(step.attributes), _action_json(step.attributes)
-        except (ValueError, IndexError, AttributeError) as error:
-            status, error_message = MALFORMED, f"LLM span {step.span.span_id.hex()} has unreadable messages: {error}"
-            error_span = step.span
-            built.transitions.clear()
-            break
         index = per_agent_index.get(step.agent, 0)
         per_agent_index[step.agent] = index + 1
-        found = step.attributes
+        found = step.step
+        state_json = _state_json(found)
         transition = pb.Transition(
             rollout_id=rollout_id,
             task_id=task_id,
@@ -222,16 +280,17 @@ def build_rollout(
             step=index,
             agent=step.agent,
             state_json=state_json,
-            action_json=action_json,
+            action_json=_action_json(found),
             reward=reward,
             done=True,
-            prompt_token_ids=found.get(semconv.PROMPT_TOKEN_IDS) or [],
-            response_token_ids=found.get(semconv.RESPONSE_TOKEN_IDS) or [],
-            response_logprobs=found.get(semconv.RESPONSE_LOGPROBS) or [],
-            policy_version=str(found.get(semconv.POLICY_VERSION, "")),
-            model=str(found.get(semconv.GEN_AI_RESPONSE_MODEL) or found.get(semconv.GEN_AI_REQUEST_MODEL) or ""),
+            prompt_token_ids=found.prompt_token_ids or [],
+            response_token_ids=found.response_token_ids or [],
+            response_logprobs=found.response_logprobs or [],
+            policy_version=found.policy_version,
+            model=found.model,
             trace_id=step.span.trace_id.hex(),
             span_id=step.span.span_id.hex(),
+            token_ids_absent=_token_ids_absent(found),
         )
         previous = last_of_agent.get(step.agent)
         if previous is not None:
@@ -242,6 +301,7 @@ def build_rollout(
 
     for transition in built.transitions:
         transition.rollout_status = status
+    without = [step for step in steps if _token_ids_absent(step.step)]
     built.completed = pb.RolloutCompleted(
         rollout_id=rollout_id,
         task_id=task_id,
@@ -254,5 +314,8 @@ def build_rollout(
         span_count=len(spans),
         has_reward=bool(rewards),
         error_span_id=error_span.span_id.hex() if error_span is not None else "",
+        steps_without_token_ids=len(without),
+        token_ids_note=_token_ids_note(without, len(steps)),
+        source=source,
     )
     return built
