@@ -6,10 +6,17 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
+import stat
+import sys
+from pathlib import Path
 
 from otel_lightning_collector.auth import ROLES
 from otel_lightning_collector.credit import CREDIT_RULES
+from otel_lightning_collector.otlp_http import HttpLimits
 from otel_lightning_collector.server import CollectorConfig, CollectorServer
+
+logger = logging.getLogger(__name__)
 
 
 def _env(name: str, default: str) -> str:
@@ -55,9 +62,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     for role in ROLES:
         parser.add_argument(
+            f"--{role}-token-file",
+            default=_env(f"LIGHTNING_{role.upper()}_TOKEN_FILE", ""),
+            help=f"file holding the bearer token the {role}s must send (env LIGHTNING_{role.upper()}_TOKEN_FILE,"
+            f" or the token itself in env LIGHTNING_{role.upper()}_TOKEN; none: no check)",
+        )
+        parser.add_argument(
             f"--{role}-token",
             default=_env(f"LIGHTNING_{role.upper()}_TOKEN", ""),
-            help=f"bearer token the {role}s must send (env LIGHTNING_{role.upper()}_TOKEN; none: no check)",
+            help="the token itself; avoid: any local user sees command lines (ps). Use the file or env",
         )
     parser.add_argument(
         "--tls-cert", default=_env("LIGHTNING_TLS_CERT", ""), help="PEM certificate chain: TLS on every endpoint"
@@ -117,32 +130,84 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="multi-agent runs: comma-separated name patterns (e.g. 'coder,math*') of the agents to train;"
         " the others' turns stay in the conversation as state (env LIGHTNING_TRAIN_AGENTS; default: all)",
     )
+    limits = parser.add_argument_group("limits (see the README's Security section)")
+    limits.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=float(_env("LIGHTNING_MAX_REQUEST_MB", "64")),
+        help="largest export request, gRPC or HTTP, after decompression (env LIGHTNING_MAX_REQUEST_MB)",
+    )
+    limits.add_argument(
+        "--max-json-mb",
+        type=float,
+        default=float(_env("LIGHTNING_MAX_JSON_MB", "16")),
+        help="largest OTLP/JSON request body; JSON costs ~25x its size to parse (env LIGHTNING_MAX_JSON_MB)",
+    )
+    limits.add_argument(
+        "--http-read-timeout",
+        type=float,
+        default=float(_env("LIGHTNING_HTTP_READ_TIMEOUT", "10")),
+        help="seconds an OTLP/HTTP read may wait; a whole request gets 6x that (env LIGHTNING_HTTP_READ_TIMEOUT)",
+    )
+    limits.add_argument(
+        "--http-max-connections",
+        type=int,
+        default=int(_env("LIGHTNING_HTTP_MAX_CONNECTIONS", "256")),
+        help="OTLP/HTTP connections served at once; one more gets 503 (env LIGHTNING_HTTP_MAX_CONNECTIONS)",
+    )
+    limits.add_argument(
+        "--max-streams",
+        type=int,
+        default=int(_env("LIGHTNING_MAX_STREAMS", "16")),
+        help="transition streams served at once; one more gets RESOURCE_EXHAUSTED (env LIGHTNING_MAX_STREAMS)",
+    )
+    limits.add_argument(
+        "--max-waiting-claims",
+        type=int,
+        default=int(_env("LIGHTNING_MAX_WAITING_CLAIMS", "64")),
+        help="task claims waiting for work at once; one more is answered at once (env LIGHTNING_MAX_WAITING_CLAIMS)",
+    )
+    limits.add_argument(
+        "--max-pending-spans",
+        type=int,
+        default=int(_env("LIGHTNING_MAX_PENDING_SPANS", "50000")),
+        help="acknowledged spans waiting to be indexed; beyond it exports are refused (retryable), and one"
+        " request of more spans than this is refused for good (env LIGHTNING_MAX_PENDING_SPANS)",
+    )
     parser.set_defaults(run=_run)
+
+
+def _token(args: argparse.Namespace, role: str) -> str:
+    """The role's token: from its file, else the flag or env value (a flag is warned about: ps shows it)."""
+    path = getattr(args, f"{role}_token_file")
+    if path:
+        file = Path(path)
+        token = file.read_text().strip()
+        if not token:
+            raise ValueError(f"the {role} token file {path} is empty")
+        if file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            logger.warning("the %s token file %s can be read by other users; chmod 600 it", role, path)
+        return token
+    token = getattr(args, f"{role}_token")
+    if token and token != os.environ.get(f"LIGHTNING_{role.upper()}_TOKEN"):
+        logger.warning(
+            "--%s-token on the command line is visible to every local user (ps); use --%s-token-file or"
+            " LIGHTNING_%s_TOKEN",
+            role,
+            role,
+            role.upper(),
+        )
+    return token
 
 
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = CollectorConfig(
-        listen=args.listen,
-        http_listen=None if args.http_listen.lower() in ("", "off", "none") else args.http_listen,
-        forward_to=args.forward_to or None,
-        metrics_listen=None if args.metrics_listen.lower() in ("", "off", "none") else args.metrics_listen,
-        metrics_otlp_endpoint=args.metrics_otlp or None,
-        allow_remote=args.allow_remote,
-        tokens={role: getattr(args, f"{role}_token") for role in ROLES if getattr(args, f"{role}_token")},
-        tls_cert_file=args.tls_cert or None,
-        tls_key_file=args.tls_key or None,
-        store_path=args.store,
-        credit=args.credit,
-        settle_s=args.settle_ms / 1000.0,
-        rollout_timeout_s=args.rollout_timeout,
-        durability=args.durability,
-        max_attempts=args.max_attempts,
-        max_store_bytes=int(args.max_store_mb * 1024 * 1024) or None,
-        require_reward=args.require_reward,
-        train_agents=tuple(p.strip() for p in args.train_agents.split(",") if p.strip()),
-    )
-    server = CollectorServer(config).start()
+    try:
+        server, config = _start(args)
+    except (OSError, ValueError, sqlite3.Error) as error:
+        # Errors at start are one line that says what to do, not a traceback.
+        print(f"otel-lightning collector: cannot start: {error}", file=sys.stderr, flush=True)
+        return 2
     http = f", OTLP/HTTP on {server.http.endpoint}" if server.http else ""
     forward = f", forwarding to {config.forward_to}" if config.forward_to else ""
     print(
@@ -155,3 +220,37 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         server.stop()
     return 0
+
+
+def _start(args: argparse.Namespace) -> tuple[CollectorServer, CollectorConfig]:
+    config = CollectorConfig(
+        listen=args.listen,
+        http_listen=None if args.http_listen.lower() in ("", "off", "none") else args.http_listen,
+        forward_to=args.forward_to or None,
+        metrics_listen=None if args.metrics_listen.lower() in ("", "off", "none") else args.metrics_listen,
+        metrics_otlp_endpoint=args.metrics_otlp or None,
+        allow_remote=args.allow_remote,
+        tokens={role: token for role in ROLES if (token := _token(args, role))},
+        tls_cert_file=args.tls_cert or None,
+        tls_key_file=args.tls_key or None,
+        store_path=args.store,
+        credit=args.credit,
+        settle_s=args.settle_ms / 1000.0,
+        rollout_timeout_s=args.rollout_timeout,
+        durability=args.durability,
+        max_attempts=args.max_attempts,
+        max_store_bytes=int(args.max_store_mb * 1024 * 1024) or None,
+        require_reward=args.require_reward,
+        train_agents=tuple(p.strip() for p in args.train_agents.split(",") if p.strip()),
+        max_message_bytes=int(args.max_request_mb * 1024 * 1024),
+        max_pending_spans=args.max_pending_spans,
+        max_streams=args.max_streams,
+        max_waiting_claims=args.max_waiting_claims,
+        http_limits=HttpLimits(
+            max_json_bytes=int(args.max_json_mb * 1024 * 1024),
+            read_timeout_s=args.http_read_timeout,
+            request_timeout_s=6 * args.http_read_timeout,
+            max_connections=args.http_max_connections,
+        ),
+    )
+    return CollectorServer(config).start(), config
