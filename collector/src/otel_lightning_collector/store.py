@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from otel_lightning_collector import store_traces
 from otel_lightning_collector.spans import SpanRecord
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,10 @@ class IngestResult:
     late: int = 0
     # Open rollouts whose root span has arrived, in arrival order: ready to be completed.
     ready: dict[str, None] = field(default_factory=dict)
+    # Spans with no rollout id that joined a rollout by their trace (now, or stored loose earlier).
+    adopted: int = 0
+    # Spans stored loose: their trace has no rollout (yet).
+    loose: int = 0
 
 
 @dataclass(frozen=True)
@@ -157,12 +162,17 @@ class Store:
         self._write_lock = threading.Lock()
         self._writer = self._connect(new_file_page_size=_PAGE_SIZE)
         self._writer.executescript(_SCHEMA)
+        self._writer.executescript(store_traces.SCHEMA)
         # Stores written before rollouts had a completion time.
         if "completed_ns" not in {row[1] for row in self._writer.execute("PRAGMA table_info(rollouts)")}:
             self._writer.execute("ALTER TABLE rollouts ADD COLUMN completed_ns INTEGER")
+        # The WAL counts toward max_bytes: the database gets 3/4, the WAL the rest (trimmed to it after
+        # each checkpoint, and checkpointed down to nothing when it grows past it).
+        self._wal_budget = max_bytes // 4 if max_bytes else None
         if max_bytes:
             page_size = self._writer.execute("PRAGMA page_size").fetchone()[0]
-            self._writer.execute(f"PRAGMA max_page_count={max(max_bytes // page_size, 1)}")
+            self._writer.execute(f"PRAGMA max_page_count={max((max_bytes - self._wal_budget) // page_size, 1)}")
+            self._writer.execute(f"PRAGMA journal_size_limit={self._wal_budget}")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._closed = threading.Event()
@@ -180,11 +190,19 @@ class Store:
         try:
             while not self._closed.wait(_CHECKPOINT_S):
                 try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    connection.execute(f"PRAGMA wal_checkpoint({self._checkpoint_mode()})").fetchall()
                 except sqlite3.Error as error:
                     logger.warning("WAL checkpoint of %s failed (%s); retrying", self.path, error)
         finally:
             connection.close()
+
+    def _checkpoint_mode(self) -> str:
+        # TRUNCATE waits for the writer and empties the WAL: only when it is past its share of max_bytes.
+        if self._wal_budget is not None:
+            with contextlib.suppress(OSError):
+                if Path(self.path + "-wal").stat().st_size > self._wal_budget:
+                    return "TRUNCATE"
+        return "PASSIVE"
 
     def _connect(self, new_file_page_size: int | None = None) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -216,7 +234,10 @@ class Store:
                 yield self._writer
                 self._writer.execute("COMMIT")
             except BaseException:
-                self._writer.execute("ROLLBACK")
+                # SQLite has already rolled back after some errors (a full disk): the original error
+                # must be raised, not "cannot rollback - no transaction is active".
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
                 raise
 
     def reader(self) -> sqlite3.Connection:
@@ -257,6 +278,18 @@ class Store:
         """
         result = IngestResult()
         now = time.time_ns()
+        if any(not r.rollout_id for r in records):
+            # A rollout is a trace: spans with no rollout id join the rollout of their trace, if known.
+            with self._write_lock:
+                known = store_traces.owners(self._writer, {r.trace_id for r in records if not r.rollout_id})
+            for record in records:
+                if not record.rollout_id and record.trace_id in known:
+                    record.rollout_id = known[record.trace_id]
+                    result.adopted += 1
+            loose = [r for r in records if not r.rollout_id]
+            records = [r for r in records if r.rollout_id]
+            if loose:
+                result.loose = self._store_loose(loose, now)
         if not records:
             with self._write_lock:
                 self._writer.execute("BEGIN IMMEDIATE")
@@ -291,6 +324,8 @@ class Store:
                     result.duplicates += len(rows) - inserted
                     if late:
                         result.late = inserted
+                claimed = {r.trace_id: r.rollout_id for r in reversed(records)}
+                result.adopted += store_traces.claim(db, claimed, completed)
                 roots = {r.rollout_id for r in records if r.is_root}
                 db.executemany(
                     "UPDATE rollouts SET last_seen_ns = ?, root_seen = root_seen OR ? WHERE rollout_id = ?",
@@ -305,6 +340,22 @@ class Store:
         # A retried root of an open rollout is submitted again: completing is idempotent.
         result.ready = {rollout_id: None for rollout_id in rollout_ids if rollout_id in roots - completed}
         return result
+
+    def _store_loose(self, loose: list[SpanRecord], now: int) -> int:
+        """Store spans whose trace no rollout has claimed yet (rollout id ''); returns how many were new."""
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                before = db.total_changes
+                db.executemany(_INSERT_SPAN, [_span_row(r, False) for r in loose])
+                stored = db.total_changes - before
+                store_traces.touch_loose(db, {r.trace_id for r in loose}, now)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return stored
 
     def _keep_rejected(self, rejected: list[tuple[str, bytes]], now: int) -> None:
         self._writer.executemany(
