@@ -20,11 +20,20 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from otel_lightning.listen import check_listen
 from otel_lightning.train.batching import BatchScheduler
 from otel_lightning.train.policy import Generation, GenerationRequest, TorchPolicy
+
+# A chat request is a few KB to a few hundred; one larger than this is refused (413) before it is
+# parsed. Within it, a prompt longer than the model's context is refused (400) before it is
+# tokenized or batched with others: one oversized prompt failed every request batched with it.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+_DEFAULT_CONTEXT = 4096
+# Characters per token of any tokenizer we serve is at most this (bytes: 1; BPE: ~4): prompts with
+# more characters than context x this cannot fit and are refused before tokenizing.
+_MAX_CHARS_PER_TOKEN = 16
 
 
 class ChatRequest(BaseModel):
@@ -33,9 +42,9 @@ class ChatRequest(BaseModel):
     model: str = ""
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    temperature: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     seed: int | None = None
     stream: bool | None = None
@@ -46,14 +55,35 @@ def _first_parameter(tool: dict[str, Any]) -> str:
     return next(iter(properties), "input")
 
 
+def context_length(policy: TorchPolicy) -> int:
+    """Prompt plus completion tokens the model can attend to (its position embeddings)."""
+    config = getattr(policy.model, "config", None)
+    return int(getattr(config, "max_position_embeddings", None) or _DEFAULT_CONTEXT)
+
+
+class PromptTooLongError(ValueError):
+    pass
+
+
 def chat_completion(
     policy: TorchPolicy, request: ChatRequest, generate: Callable[[GenerationRequest], tuple[Generation, int]]
 ) -> dict[str, Any]:
     tokenizer = policy.tokenizer
     tools = {(t.get("function") or {}).get("name"): t for t in request.tools or []}
     default_tool = next(iter(tools), None)  # `<call>ARG</call>` is a call of the first tool offered
-    prompt_ids = tokenizer.encode_prompt(request.messages, default_tool, request.tools)
+    context = context_length(policy)
     max_tokens = request.max_completion_tokens or request.max_tokens or 32
+    if max_tokens >= context:
+        raise PromptTooLongError(f"max_tokens {max_tokens} leaves no room for a prompt in the {context}-token context")
+    characters = len(json.dumps(request.messages)) + len(json.dumps(request.tools or []))
+    if characters > context * _MAX_CHARS_PER_TOKEN:
+        raise PromptTooLongError(f"the prompt ({characters} characters) cannot fit the model's {context}-token context")
+    prompt_ids = tokenizer.encode_prompt(request.messages, default_tool, request.tools)
+    if len(prompt_ids) + max_tokens > context:
+        raise PromptTooLongError(
+            f"the prompt is {len(prompt_ids)} tokens; with max_tokens {max_tokens} it is over the model's"
+            f" {context}-token context: shorten it or ask for fewer tokens"
+        )
     temperature = 1.0 if request.temperature is None else request.temperature
     generation, version = generate(GenerationRequest(prompt_ids, max_tokens, temperature, request.seed))
     text, calls = tokenizer.parse_completion(generation.token_ids, default_tool or "")
@@ -106,8 +136,67 @@ def chat_completion(
     }
 
 
-def create_app(policy: TorchPolicy, scheduler: BatchScheduler, api_key: str | None = None) -> FastAPI:
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` (declared or, chunked, counted as it comes)
+    is answered 413 before the app reads it; a Content-Length that is not a number gets 400."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                text = declared[:40].decode(errors="replace")
+                return await _refuse(send, 400, f"Content-Length {text!r} is not a number")
+            if int(declared) > self.max_bytes:
+                return await _refuse(send, 413, self._too_large())
+        # The body is read here, counted as it comes (chunked bodies declare no length), then
+        # handed to the app: at most max_bytes are ever held.
+        pieces, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            pieces.append(message.get("body", b""))
+            size += len(pieces[-1])
+            if size > self.max_bytes:
+                return await _refuse(send, 413, self._too_large())
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(pieces), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> str:
+        return f"the request body is over the policy server's {self.max_bytes}-byte limit"
+
+
+async def _refuse(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    policy: TorchPolicy,
+    scheduler: BatchScheduler,
+    api_key: str | None = None,
+    *,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> FastAPI:
     app = FastAPI(title="otel-lightning policy server")
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
 
     if api_key:
         # OpenAI clients send their api_key as a bearer token: the policy server can ask for one.
@@ -138,7 +227,10 @@ def create_app(policy: TorchPolicy, scheduler: BatchScheduler, api_key: str | No
             raise HTTPException(400, "streaming is not supported by the embedded policy server; use stream=false")
         if not request.messages:
             raise HTTPException(400, "messages must not be empty")
-        return await run_in_threadpool(chat_completion, policy, request, scheduler.generate)
+        try:
+            return await run_in_threadpool(chat_completion, policy, request, scheduler.generate)
+        except PromptTooLongError as error:
+            raise HTTPException(400, str(error)) from None
 
     return app
 
@@ -156,10 +248,11 @@ class PolicyServer:
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
         allow_remote: bool = False,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         check_listen(host, allow_remote, "the policy server answers anyone who can reach it")
         self.scheduler = BatchScheduler(policy)
-        app = create_app(policy, self.scheduler, api_key)
+        app = create_app(policy, self.scheduler, api_key, max_request_bytes=max_request_bytes)
         config = uvicorn.Config(
             app,
             host=host,
@@ -168,6 +261,9 @@ class PolicyServer:
             access_log=False,
             ssl_certfile=tls_cert_file,
             ssl_keyfile=tls_key_file,
+            # A slow or idle client does not hold a connection for ever; connections are bounded.
+            timeout_keep_alive=10,
+            limit_concurrency=512,
         )
         self.scheme = "https" if tls_cert_file else "http"
         self._server = uvicorn.Server(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import threading
+from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -16,6 +17,10 @@ def _serve(args: argparse.Namespace) -> int:
     from otel_lightning.train.policy_server import PolicyServer
     from otel_lightning.train.trainer import load_policy
 
+    api_key = args.api_key
+    if args.api_key_file:
+        # A key in a file (or the environment) is not on the command line, which every local user sees.
+        api_key = Path(args.api_key_file).read_text().strip()
     policy = build_policy(args.model, hidden=args.hidden, layers=args.layers)
     if args.checkpoint:
         load_policy(policy, args.checkpoint)
@@ -23,10 +28,11 @@ def _serve(args: argparse.Namespace) -> int:
         policy,
         host=args.host,
         port=args.port,
-        api_key=args.api_key or None,
+        api_key=api_key or None,
         tls_cert_file=args.tls_cert or None,
         tls_key_file=args.tls_key or None,
         allow_remote=args.allow_remote,
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
     ) as server:
         print(f"policy {policy.name} (version {policy.version}) at {server.base_url}", flush=True)
         try:
@@ -50,7 +56,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--api-key",
         default=os.environ.get("LIGHTNING_POLICY_API_KEY", ""),
-        help="require this key from clients (their OPENAI_API_KEY) (env LIGHTNING_POLICY_API_KEY)",
+        help="require this key from clients (their OPENAI_API_KEY) (env LIGHTNING_POLICY_API_KEY); a flag is"
+        " visible to every local user (ps): prefer --api-key-file or the env",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        default=os.environ.get("LIGHTNING_POLICY_API_KEY_FILE", ""),
+        help="file holding the key (env LIGHTNING_POLICY_API_KEY_FILE)",
+    )
+    parser.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=float(os.environ.get("LIGHTNING_POLICY_MAX_REQUEST_MB", "4")),
+        help="largest request body; larger ones get 413 (env LIGHTNING_POLICY_MAX_REQUEST_MB). Prompts over the"
+        " model's context get 400, alone",
     )
     parser.add_argument("--tls-cert", default=os.environ.get("LIGHTNING_TLS_CERT", ""), help="PEM certificate: HTTPS")
     parser.add_argument("--tls-key", default=os.environ.get("LIGHTNING_TLS_KEY", ""), help="PEM private key")
