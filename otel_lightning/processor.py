@@ -42,6 +42,10 @@ class RolloutSpanProcessor(SpanProcessor):
         version = entries.get(semconv.BAGGAGE_POLICY_VERSION)
         if version:
             span.set_attribute(semconv.POLICY_VERSION, str(version))
+        # The optimisation candidate (otel-lightning eval / optimize-prompt) the rollout runs under.
+        candidate = entries.get(semconv.BAGGAGE_CANDIDATE)
+        if candidate:
+            span.set_attribute(semconv.CANDIDATE, str(candidate))
 
     def on_end(self, span: ReadableSpan) -> None:
         return None

@@ -89,7 +89,6 @@ class Candidate(BaseModel):
     base_url: str | None = None
     policy: PolicyCheckpoint | None = None
     model: str | None = None
-    api_key_env: str | None = None  # the upstream's API key is read from this environment variable
     system_prompt: SystemPrompt | None = None
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
