@@ -98,7 +98,8 @@ def remove_openllmetry_openai_wrappers() -> None:
 
     for cls in (chat.Completions, chat.AsyncCompletions, responses.Responses, responses.AsyncResponses):
         for name, attribute in list(vars(cls).items()):
-            while isinstance(attribute, wrapt.FunctionWrapper) and getattr(
+            # A BoundFunctionWrapper too: unwrapping a stack through the class leaves bound ones behind.
+            while isinstance(attribute, (wrapt.FunctionWrapper, wrapt.BoundFunctionWrapper)) and getattr(
                 attribute._self_wrapper, "__module__", ""
             ).startswith("opentelemetry.instrumentation.openai."):
                 unwrap(cls, name)

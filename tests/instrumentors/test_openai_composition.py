@@ -1,4 +1,4 @@
-"""With OpenLLMetry's or the contrib OpenAI instrumentor also active, each call still gets one span."""
+"""With OpenLLMetry's, the contrib or the official GenAI OpenAI instrumentor also active, each call still gets one span."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tests.support import remove_openllmetry_openai_wrappers
 OTHERS = {
     "contrib-openai-v2": "opentelemetry.instrumentation.openai_v2",
     "openllmetry": "opentelemetry.instrumentation.openai",
+    "official-genai-openai": "opentelemetry.instrumentation.genai.openai",
 }
 
 
@@ -28,7 +29,10 @@ def genai_spans(exporter):
 @pytest.mark.parametrize("other", sorted(OTHERS))
 @pytest.mark.parametrize("ours_first", [True, False], ids=["ours-inner", "ours-outer"])
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-def test_one_span_per_call_with_another_openai_instrumentor(memory_exporter, openai_stub, other, ours_first, stream):
+def test_one_span_per_call_with_another_openai_instrumentor(
+    memory_exporter, openai_stub, other, ours_first, stream, monkeypatch
+):
+    monkeypatch.setenv(semconv.ENV_REQUEST_TOKEN_IDS, "true")  # the stub, as vLLM, gives ids only when asked
     theirs = importlib.import_module(OTHERS[other]).OpenAIInstrumentor()
     ours = OpenAIInstrumentor()
     ours.uninstrument()

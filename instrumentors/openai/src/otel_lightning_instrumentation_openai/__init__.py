@@ -1,6 +1,7 @@
 """OpenTelemetry instrumentation of the OpenAI Python client for otel-lightning.
 
-Each `chat.completions.create` and `responses.create` call (sync, async, streaming or not) gets
+Each `chat.completions.create`/`parse` and `responses.create`/`parse` call (sync, async, streaming or
+not, plain, `with_raw_response` or `with_streaming_response`) gets
 one span with the request, the response, usage and, when the server returns them (vLLM with
 `return_token_ids`, the otel-lightning policy server), the exact token ids and logprobs::
 
@@ -38,6 +39,7 @@ from otel_lightning_instrumentation_openai.llm_span import (
     is_raw_response,
 )
 from otel_lightning_instrumentation_openai.package import _instruments
+from otel_lightning_instrumentation_openai.raw_response import record_raw_response
 from otel_lightning_instrumentation_openai.streaming import RecordedAsyncStream, RecordedStream
 from otel_lightning_instrumentation_openai.version import __version__
 
@@ -45,19 +47,25 @@ logger = logging.getLogger(__name__)
 
 SCOPE_NAME = __name__
 
-# (module, class, api) of every method wrapped; `create` of each.
-_WRAPPED_METHODS = (
-    ("openai.resources.chat.completions", "Completions", CHAT_COMPLETIONS),
-    ("openai.resources.chat.completions", "AsyncCompletions", CHAT_COMPLETIONS),
-    ("openai.resources.responses", "Responses", RESPONSES),
-    ("openai.resources.responses", "AsyncResponses", RESPONSES),
+# (module, class, method, api) of every method wrapped. `parse` (structured outputs) posts by itself;
+# `stream` and `with_streaming_response` go through `create`.
+_WRAPPED_METHODS = tuple(
+    (module, cls, method, api)
+    for module, classes, api in (
+        ("openai.resources.chat.completions", ("Completions", "AsyncCompletions"), CHAT_COMPLETIONS),
+        ("openai.resources.responses", ("Responses", "AsyncResponses"), RESPONSES),
+    )
+    for cls in classes
+    for method in ("create", "parse")
 )
 
 
 # Other instrumentors of the same OpenAI methods. Where one wraps inside ours, we call past it so each
 # call gets one span (ours, with the GenAI attributes it would have set). Where one wraps outside
 # ours, LLMCall joins its span instead.
-_OTHER_GENAI_WRAPPER_MODULES = ("opentelemetry.instrumentation.openai",)
+# OpenLLMetry's and the contrib `openai-v2` (opentelemetry.instrumentation.openai*), and the official
+# `opentelemetry-instrumentation-genai-openai`.
+_OTHER_GENAI_WRAPPER_MODULES = ("opentelemetry.instrumentation.openai", "opentelemetry.instrumentation.genai.openai")
 
 
 def _past_other_genai_wrappers(wrapped: Any) -> Any:
@@ -85,6 +93,17 @@ def _start_call(tracer: trace.Tracer, api: str, kwargs: dict[str, Any]) -> LLMCa
         return None
 
 
+def _recorded(result: Any, call: LLMCall, kwargs: dict[str, Any], stream_proxy: type) -> Any:
+    """What the caller gets: the result, its span finished now or when its body or stream is read."""
+    if is_raw_response(result):  # with_raw_response / with_streaming_response: the caller reads the body
+        record_raw_response(result, call)
+        return result
+    if kwargs.get("stream") is True:
+        return stream_proxy(result, call)
+    call.finish(result)
+    return result
+
+
 def _sync_wrapper(tracer: trace.Tracer, api: str) -> Any:
     def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         if _request_token_ids():
@@ -99,10 +118,7 @@ def _sync_wrapper(tracer: trace.Tracer, api: str) -> Any:
         except BaseException as error:
             call.fail(error)
             raise
-        if kwargs.get("stream") is True and not is_raw_response(result):
-            return RecordedStream(result, call)
-        call.finish(result)
-        return result
+        return _recorded(result, call, kwargs, RecordedStream)
 
     return wrapper
 
@@ -121,10 +137,7 @@ def _async_wrapper(tracer: trace.Tracer, api: str) -> Any:
         except BaseException as error:
             call.fail(error)
             raise
-        if kwargs.get("stream") is True and not is_raw_response(result):
-            return RecordedAsyncStream(result, call)
-        call.finish(result)
-        return result
+        return _recorded(result, call, kwargs, RecordedAsyncStream)
 
     return wrapper
 
@@ -140,15 +153,15 @@ class OpenAIInstrumentor(BaseInstrumentor):
         tracer = trace.get_tracer(SCOPE_NAME, __version__, tracer_provider=tracer_provider)
         # Spans of this process must carry their rollout, also under `opentelemetry-instrument`.
         ensure_rollout_processor(tracer_provider)
-        for module, cls, api in _WRAPPED_METHODS:
+        for module, cls, method, api in _WRAPPED_METHODS:
             factory = _async_wrapper if cls.startswith("Async") else _sync_wrapper
-            wrap_function_wrapper(module, f"{cls}.create", factory(tracer, api))
+            wrap_function_wrapper(module, f"{cls}.{method}", factory(tracer, api))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         import importlib
 
-        for module, cls, _ in _WRAPPED_METHODS:
-            unwrap(getattr(importlib.import_module(module), cls), "create")
+        for module, cls, method, _ in _WRAPPED_METHODS:
+            unwrap(getattr(importlib.import_module(module), cls), method)
 
 
 __all__ = ["OpenAIInstrumentor", "__version__"]

@@ -80,8 +80,6 @@ class LLMCall:
         if self._ended:
             return
         try:
-            if is_raw_response(response):
-                response = response.parse()  # `with_raw_response` (LangChain uses it); parse() is cached
             data = response.model_dump() if hasattr(response, "model_dump") else dict(response or {})
             self.span.set_attributes(extract.response_attributes(self.api, data, self.capture_content))
         except Exception:

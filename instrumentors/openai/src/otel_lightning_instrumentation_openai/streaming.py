@@ -75,7 +75,7 @@ def _accumulator(api: str) -> ChatChunkAccumulator | ResponsesEventAccumulator:
     return ChatChunkAccumulator() if api == CHAT_COMPLETIONS else ResponsesEventAccumulator()
 
 
-class _StreamRecorder:
+class StreamRecorder:
     def __init__(self, call: LLMCall) -> None:
         self.call = call
         self.accumulator = _accumulator(call.api)
@@ -102,7 +102,7 @@ class RecordedStream(wrapt.ObjectProxy):
 
     def __init__(self, stream: Any, call: LLMCall) -> None:
         super().__init__(stream)
-        self._self_recorder = _StreamRecorder(call)
+        self._self_recorder = StreamRecorder(call)
 
     def __iter__(self) -> RecordedStream:
         return self
@@ -141,7 +141,7 @@ class RecordedAsyncStream(wrapt.ObjectProxy):
 
     def __init__(self, stream: Any, call: LLMCall) -> None:
         super().__init__(stream)
-        self._self_recorder = _StreamRecorder(call)
+        self._self_recorder = StreamRecorder(call)
 
     def __aiter__(self) -> RecordedAsyncStream:
         return self
