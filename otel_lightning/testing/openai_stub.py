@@ -2,10 +2,13 @@
 
     python -m otel_lightning.testing.openai_stub --port 8000
 
-Serves `/v1/chat/completions` and `/v1/responses`, streaming or not, the way vLLM does with
-`return_token_ids`: prompt and completion token ids (UTF-8 bytes of the text) and logprobs, plus
-`policy_version`. Its policy: with a `calculator` tool offered, it calls it on the arithmetic in the
-question, then answers with the tool's result; without tools it answers the arithmetic itself.
+Serves `/v1/chat/completions`, `/v1/completions` and `/v1/responses`, streaming or not, the way vLLM
+does: prompt and completion token ids (UTF-8 bytes of the text) only when the request asks with
+`return_token_ids` (the prompt's on the first streamed chunk), logprobs only when asked (`logprobs`),
+the usage chunk only with `stream_options.include_usage`, and a Responses API with no token-id fields
+at all (vLLM's has none to ask for); plus `policy_version` (vLLM has none: `policy_version=None`).
+Its policy: with a `calculator` tool offered, it calls it on the arithmetic in the question, then
+answers with the tool's result; without tools it answers the arithmetic itself.
 A model named `error` gets HTTP 500, to exercise failure paths. It also answers vLLM's `GET /health`
 and the dev-mode weight endpoints (`POST /collective_rpc`, `/reset_prefix_cache`), recording them.
 """
@@ -37,6 +40,15 @@ def _text_of(content: Any) -> str:
 
 def token_ids(text: str) -> list[int]:
     return list(text.encode("utf-8"))
+
+
+def _chat_logprob(token_id: int) -> dict[str, Any]:
+    return {
+        "token": chr(token_id) if token_id < 128 else "?",
+        "logprob": -0.25,
+        "bytes": [token_id],
+        "top_logprobs": [],
+    }
 
 
 def _tool_names_by_call_id(messages: list[dict[str, Any]]) -> dict[str, str]:
@@ -100,9 +112,12 @@ def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> tuple
     return "I can only do arithmetic.", None
 
 
-def chat_completion(body: dict[str, Any], policy_version: str | None = POLICY_VERSION) -> dict[str, Any]:
+def chat_completion(
+    body: dict[str, Any], policy_version: str | None = POLICY_VERSION, always_token_ids: bool = False
+) -> dict[str, Any]:
     """The stub's (non-streamed) response to a chat completions request body (no `policy_version`
-    in it when None, as vLLM answers)."""
+    in it when None, as vLLM answers; token ids only when the body has `return_token_ids`, unless
+    `always_token_ids`, as our policy server answers)."""
     messages = body.get("messages") or []
     text, call = decide(messages, body.get("tools") or [])
     prompt = "\n".join(f"{m.get('role')}: {_text_of(m.get('content'))}" for m in messages)
@@ -113,28 +128,21 @@ def chat_completion(body: dict[str, Any], policy_version: str | None = POLICY_VE
         message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function", "function": call}]
     usage = {"prompt_tokens": len(token_ids(prompt)), "completion_tokens": len(ids), "total_tokens": 0}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    logprobs = (
-        {
-            "content": [
-                {"token": chr(i) if i < 128 else "?", "logprob": -0.25, "bytes": [i], "top_logprobs": []} for i in ids
-            ]
-        }
-        if body.get("logprobs")
-        else None
-    )
+    logprobs = {"content": [_chat_logprob(i) for i in ids]} if body.get("logprobs") else None
+    asked_ids = always_token_ids or bool(body.get("return_token_ids"))
     choice = {
         "index": 0,
         "message": message,
         "finish_reason": "tool_calls" if call else "stop",
         "logprobs": logprobs,
-        "token_ids": ids,
+        "token_ids": ids if asked_ids else None,
     }
     response = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model", "stub"),
-        "prompt_token_ids": token_ids(prompt),
+        "prompt_token_ids": token_ids(prompt) if asked_ids else None,
         "choices": [choice],
         "usage": usage,
     }
@@ -146,9 +154,16 @@ def chat_completion(body: dict[str, Any], policy_version: str | None = POLICY_VE
 class _StubHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], policy_version: str | None = POLICY_VERSION) -> None:
+    def __init__(
+        self, address: tuple[str, int], policy_version: str | None = POLICY_VERSION, token_ids: str = "when_asked"
+    ) -> None:
         super().__init__(address, _Handler)
         self.policy_version = policy_version
+        if token_ids not in ("when_asked", "always"):
+            raise ValueError(
+                f"token_ids must be 'when_asked' (vLLM) or 'always' (our policy server), not {token_ids!r}"
+            )
+        self.always_token_ids = token_ids == "always"
         # (path, body) of every POST, in arrival order (bounded), for tests to look at.
         self.received: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=1000)
 
@@ -183,43 +198,105 @@ class _Handler(BaseHTTPRequestHandler):
             return self._chat(body)
         if self.path.rstrip("/").endswith("/responses"):
             return self._responses(body)
+        if self.path.rstrip("/").endswith("/completions"):
+            return self._completions(body)
         return self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
     # --- chat.completions ---------------------------------------------------------------------
 
     def _chat(self, body: dict[str, Any]) -> None:
-        response = chat_completion(body, self.server.policy_version)
+        response = chat_completion(body, self.server.policy_version, self.server.always_token_ids)
         if not body.get("stream"):
             return self._json(200, response)
+        asked_ids = self.server.always_token_ids or bool(body.get("return_token_ids"))
         base = {key: value for key, value in response.items() if key not in ("object", "choices", "usage")}
+        base.pop("prompt_token_ids")
         usage = response["usage"]
         (answer,) = response["choices"]
         message, finish, logprobs = answer["message"], answer["finish_reason"], answer["logprobs"]
-        call, text, ids = message.get("tool_calls"), message["content"], answer["token_ids"]
+        call, text = message.get("tool_calls"), message["content"]
+
+        def with_tokens(choice: dict[str, Any], part: str) -> dict[str, Any]:
+            part_ids = token_ids(part)
+            if asked_ids:
+                choice["token_ids"] = part_ids
+            if logprobs:
+                choice["logprobs"] = {"content": [_chat_logprob(i) for i in part_ids]}
+            return choice
 
         def chunks() -> Iterator[dict[str, Any]]:
             chunk = {**base, "object": "chat.completion.chunk"}
-            yield {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+            first = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+            if asked_ids:  # vLLM: the prompt's ids on the first chunk only
+                first["prompt_token_ids"] = response["prompt_token_ids"]
+            yield first
             if call:
                 delta = {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]}
-                yield {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "token_ids": ids}]}
+                completion = json.dumps(call[0]["function"])
+                yield {
+                    **chunk,
+                    "choices": [with_tokens({"index": 0, "delta": delta, "finish_reason": None}, completion)],
+                }
             else:
                 half = len(text) // 2
                 for part in (text[:half], text[half:]):
-                    part_ids = token_ids(part)
-                    choice = {"index": 0, "delta": {"content": part}, "finish_reason": None, "token_ids": part_ids}
-                    if logprobs:
-                        choice["logprobs"] = {
-                            "content": [
-                                {"token": "?", "logprob": -0.25, "bytes": [i], "top_logprobs": []} for i in part_ids
-                            ]
-                        }
-                    yield {**chunk, "choices": [choice]}
+                    choice = {"index": 0, "delta": {"content": part}, "finish_reason": None}
+                    yield {**chunk, "choices": [with_tokens(choice, part)]}
             yield {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield {**chunk, "choices": [], "usage": usage}
 
         self._sse(chunks(), done_marker=True)
+
+    # --- completions (the legacy text API) ------------------------------------------------------
+
+    def _completions(self, body: dict[str, Any]) -> None:
+        prompt = body.get("prompt")
+        prompt_text = prompt if isinstance(prompt, str) else "".join(map(str, prompt or []))
+        text, _ = decide([{"role": "user", "content": prompt_text}], [])
+        ids = token_ids(text or "")
+        asked_ids = self.server.always_token_ids or bool(body.get("return_token_ids"))
+        logprobs = body.get("logprobs") is not None
+        prompt_ids = (
+            prompt if isinstance(prompt, list) and all(type(i) is int for i in prompt) else token_ids(prompt_text)
+        )
+        usage = {
+            "prompt_tokens": len(prompt_ids),
+            "completion_tokens": len(ids),
+            "total_tokens": len(prompt_ids) + len(ids),
+        }
+        base = {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "created": int(time.time()), "model": body.get("model", "stub")}
+        if self.server.policy_version is not None:
+            base["policy_version"] = self.server.policy_version
+
+        def choice(part: str, finish: str | None, first: bool) -> dict[str, Any]:
+            part_ids = token_ids(part)
+            out: dict[str, Any] = {"index": 0, "text": part, "finish_reason": finish, "logprobs": None}
+            if logprobs:
+                out["logprobs"] = {
+                    "tokens": [chr(i) for i in part_ids],
+                    "token_logprobs": [-0.25] * len(part_ids),
+                    "top_logprobs": [None] * len(part_ids),
+                    "text_offset": list(range(len(part_ids))),
+                }
+            if asked_ids:
+                out["token_ids"] = part_ids
+                out["prompt_token_ids"] = prompt_ids if first else None
+            return out
+
+        if not body.get("stream"):
+            return self._json(
+                200, {**base, "object": "text_completion", "choices": [choice(text, "stop", True)], "usage": usage}
+            )
+        half = len(text) // 2
+        chunk = {**base, "object": "text_completion"}
+        chunks = [
+            {**chunk, "choices": [choice(text[:half], None, True)]},
+            {**chunk, "choices": [choice(text[half:], "stop", False)]},
+        ]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**chunk, "choices": [], "usage": usage})
+        self._sse(iter(chunks), done_marker=True)
 
     # --- responses ----------------------------------------------------------------------------
 
@@ -267,9 +344,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "input_tokens_details": {"cached_tokens": 0},
                 "output_tokens_details": {"reasoning_tokens": 0},
             },
-            "prompt_token_ids": token_ids(prompt),
-            "output_token_ids": token_ids(completion),
         }
+        if self.server.always_token_ids:  # vLLM's Responses API has no token ids; our policy server's would
+            response["prompt_token_ids"] = token_ids(prompt)
+            response["output_token_ids"] = token_ids(completion)
         if self.server.policy_version is not None:
             response["policy_version"] = self.server.policy_version
         if not body.get("stream"):
@@ -318,9 +396,17 @@ class _Handler(BaseHTTPRequestHandler):
 class StubOpenAIServer:
     """The stub in a background thread: `with StubOpenAIServer() as server: server.base_url`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, policy_version: str | None = POLICY_VERSION) -> None:
-        """`policy_version=None`: answer without one, as vLLM does."""
-        self._server = _StubHTTPServer((host, port), policy_version)
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        policy_version: str | None = POLICY_VERSION,
+        token_ids: str = "when_asked",
+    ) -> None:
+        """`policy_version=None`: answer without one, as vLLM does. `token_ids="when_asked"`: prompt and
+        completion token ids only for requests with `return_token_ids`, none on the Responses API (vLLM);
+        "always": on every answer, the Responses API's included (our policy server)."""
+        self._server = _StubHTTPServer((host, port), policy_version, token_ids)
         self.received = self._server.received
         self.base_url = f"http://{host}:{self._server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._server.serve_forever, name="openai-stub", daemon=True)
@@ -338,8 +424,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="OpenAI-compatible stub server for offline otel-lightning runs")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--token-ids", choices=("when_asked", "always"), default="when_asked", help="when_asked: as vLLM does"
+    )
     args = parser.parse_args()
-    server = _StubHTTPServer((args.host, args.port))
+    server = _StubHTTPServer((args.host, args.port), token_ids=args.token_ids)
     print(f"stub OpenAI server on http://{args.host}:{args.port}/v1", flush=True)
     server.serve_forever()
 

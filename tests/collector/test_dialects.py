@@ -62,7 +62,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
     """Per dialect: the canonical steps of its recorded spans, in start order."""
     folder = tmp_path_factory.mktemp("dialects")
     steps: dict[str, list] = {}
-    with StubOpenAIServer() as stub:
+    with StubOpenAIServer(token_ids="always") as stub:  # ids on every answer: the dialects are what differs
         for dialect in DIALECTS:
             out = folder / f"{dialect}.otlp"
             subprocess.run([sys.executable, str(RECORDER), dialect, stub.base_url, str(out)], check=True, timeout=120)

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 import otel_lightning as ol
+from otel_lightning import semconv
 from tests.support import rollouts, transitions, wait_for_rollouts
 
 CALCULATOR = {
@@ -40,9 +41,10 @@ def tool_agent(client: openai.OpenAI, question: str) -> str:
     return second.choices[0].message.content
 
 
-def test_tool_agent_rollout_becomes_linked_transitions(collector, otlp_export, openai_stub):
+def test_tool_agent_rollout_becomes_linked_transitions(collector, otlp_export, openai_stub, monkeypatch):
     import otel_lightning.testing.arithmetic  # noqa: F401 - used through ol.testing in tool_agent
 
+    monkeypatch.setenv(semconv.ENV_REQUEST_TOKEN_IDS, "true")  # the stub, as vLLM, gives ids only when asked
     client = openai.OpenAI(base_url=openai_stub.base_url, api_key="unused")
     with ol.rollout(task_id="add-1", attempt=2) as info:
         answer = tool_agent(client, "What is 17+25?")
