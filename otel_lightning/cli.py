@@ -19,6 +19,14 @@ def _print_event(event_dict: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(event_dict, ensure_ascii=False), flush=True)
         return
+    if event_dict["type"] == "reward_update":
+        name = f" {event_dict['name']}" if event_dict["name"] else ""
+        print(
+            f"#{event_dict['sequence']} reward update rollout {event_dict['rollout_id'][:8]}"
+            f" task={event_dict['task_id']}{name}={event_dict['value']:g} ({event_dict['origin']})",
+            flush=True,
+        )
+        return
     if event_dict["type"] == "transition":
         action = event_dict["action"] or {}
         said = action.get("content") or ""
@@ -45,7 +53,12 @@ def _print_event(event_dict: dict, as_json: bool) -> None:
 
 def _transitions(args: argparse.Namespace) -> int:
     client = TransitionStreamClient(
-        args.collector, consumer=args.consumer, follow=args.follow, start_after=args.start_after, auto_ack=True
+        args.collector,
+        consumer=args.consumer,
+        follow=args.follow,
+        start_after=args.start_after,
+        auto_ack=True,
+        reward_updates=True,
     )
     try:
         for event in client:

@@ -53,6 +53,7 @@ class TransitionStreamClient:
         reconnect_timeout_s: float = 30.0,
         from_latest: bool = False,
         channel: grpc.Channel | None = None,
+        reward_updates: bool = False,
     ) -> None:
         if from_latest and (consumer or not follow):
             raise ValueError("from_latest is for followers without a consumer name")
@@ -62,6 +63,8 @@ class TransitionStreamClient:
         self.max_in_flight = max_in_flight
         self.auto_ack = auto_ack
         self.reconnect_timeout_s = reconnect_timeout_s
+        # Also receive RewardUpdate events (late rewards for rollouts already streamed).
+        self.reward_updates = reward_updates
         self._channel = channel or open_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.TransitionStreamStub(self._channel)
         self._delivered = start_after
@@ -107,6 +110,7 @@ class TransitionStreamClient:
             follow=self.follow,
             max_in_flight=self.max_in_flight,
             from_latest=self._from_latest,
+            reward_updates=self.reward_updates,
         )
         with self._lock:
             self._requests = requests
@@ -206,6 +210,21 @@ def event_to_dict(event: pb.StreamEvent) -> dict[str, Any]:
             "policy_version": t.policy_version,
             "model": t.model,
             "rollout_status": t.rollout_status,
+            "token_ids_absent": t.token_ids_absent,
+        }
+    if event.HasField("reward_update"):
+        u = event.reward_update
+        return {
+            "type": "reward_update",
+            "sequence": event.sequence,
+            "task_id": u.task_id,
+            "rollout_id": u.rollout_id,
+            "attempt": u.attempt,
+            "name": u.name,
+            "value": u.value,
+            "trace_id": u.trace_id,
+            "response_id": u.response_id,
+            "origin": u.origin,
         }
     r = event.rollout
     return {
@@ -221,4 +240,7 @@ def event_to_dict(event: pb.StreamEvent) -> dict[str, Any]:
         "has_reward": r.has_reward,
         "transition_count": r.transition_count,
         "span_count": r.span_count,
+        "steps_without_token_ids": r.steps_without_token_ids,
+        "token_ids_note": r.token_ids_note,
+        "source": r.source or "rollout",
     }

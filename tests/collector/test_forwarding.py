@@ -54,8 +54,8 @@ def test_every_span_reaches_the_upstream_and_foreign_spans_are_not_kept(tmp_path
         with CollectorServer(config) as server:
             spans = SpanFactory(rollout_id="r-fwd")
             ours = [spans.llm("q", "a"), spans.reward(1.0), spans.root()]
-            foreign = spans.llm("q", "a")
-            del foreign.attributes[:]  # the user's own service spans, outside any rollout
+            foreign = SpanFactory(rollout_id="unused").llm("q", "a")
+            del foreign.attributes[:]  # the user's own service spans, in a trace of no rollout
             export = exporter(server.address)
             export(export_request(*ours))
             export(export_request(foreign))

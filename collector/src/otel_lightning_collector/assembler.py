@@ -12,12 +12,15 @@ from dataclasses import dataclass
 
 from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning_collector.credit import credit_rule
+from otel_lightning_collector.episodes import LooseTraces, is_episode
 from otel_lightning_collector.export_activity import ExportActivity
 from otel_lightning_collector.export_tickets import ExportTicket
 from otel_lightning_collector.notifier import Notifier
+from otel_lightning_collector.rollout_inputs import RolloutInputs
 from otel_lightning_collector.store import EVENT_ROLLOUT, EVENT_TRANSITION, Completion, RolloutRow, Store
 from otel_lightning_collector.transitions import (
     ABANDONED,
+    EPISODE,
     INCOMPLETE,
     MALFORMED,
     SUCCEEDED,
@@ -90,6 +93,10 @@ class RolloutAssembler:
         self._abandoned: list[AbandonedRollout] = []
         self._abandoned_lock = threading.Lock()
         self._stopping = threading.Event()
+        # Log records, feedback and evaluations a completion takes (the server sets its recorder).
+        self.inputs = RolloutInputs(store)
+        # Traces with no rollout: episodes or dropped with the reason (the server sets it up).
+        self.loose: LooseTraces | None = None
         self._thread = threading.Thread(target=self._run, name="rollout-assembler", daemon=True)
         self.completed = 0
 
@@ -169,6 +176,7 @@ class RolloutAssembler:
             self._complete_abandoned()
             if time.monotonic() >= next_sweep:
                 self._sweep()
+                self._sweep_loose()
                 next_sweep = time.monotonic() + self.sweep_interval_s
 
     def _wait_for_requests(self, tickets: list[ExportTicket]) -> bool:
@@ -221,6 +229,15 @@ class RolloutAssembler:
         if stale:
             self._complete_safely(stale)
 
+    def _sweep_loose(self) -> None:
+        if self.loose is None:
+            return
+        try:
+            self.loose.sweep()
+        except Exception:
+            # They stay in the store: the next sweep tries again.
+            logger.exception("could not sweep the traces that have no rollout")
+
     def _complete_safely(self, rollout_ids: list[str]) -> None:
         if not rollout_ids:
             return
@@ -231,15 +248,21 @@ class RolloutAssembler:
             logger.exception("could not complete rollouts %s", rollout_ids[:5])
 
     def build(self, row: RolloutRow, span_bodies: list[bytes]) -> Completion:
-        built = build_rollout(
+        built = self.inputs.build(
             row.rollout_id,
-            row.task_id,
-            row.attempt,
-            span_bodies,
-            self.credit,
-            root_missing_status=INCOMPLETE,
-            trains_agent=self.trains_agent,
-            require_reward=self.require_reward,
+            lambda logs, extra_rewards: build_rollout(
+                row.rollout_id,
+                row.task_id,
+                row.attempt,
+                span_bodies,
+                self.credit,
+                root_missing_status=INCOMPLETE,
+                trains_agent=self.trains_agent,
+                require_reward=self.require_reward,
+                logs=logs,
+                extra_rewards=extra_rewards,
+                source=EPISODE if is_episode(row.rollout_id) else "",
+            ),
         )
         completed = built.completed
         completed.late_span_count = row.late_span_count
@@ -291,6 +314,7 @@ class RolloutAssembler:
             retried = self.retry_decider(completions)
             completions = [_marked_retried(c) if c.rollout_id in retried else c for c in completions]
         done = self.store.complete_rollouts(completions)
+        self.inputs.committed(done, [row.rollout_id for row in rows])
         self.completed += len(done)
         if done:
             self.notifier.notify()

@@ -31,6 +31,8 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     f"{_POOL}Stats": frozenset({WORKER, TRAINER}),
     "/otel_lightning.v1.TransitionStream/Subscribe": frozenset({TRAINER}),
     "/otel_lightning.v1.CollectorStatus/GetStatus": frozenset(ROLES),
+    # Late feedback comes from the application (an exporter) or from whoever trains.
+    "/otel_lightning.v1.Feedback/Record": frozenset({EXPORTER, TRAINER}),
 }
 
 

@@ -130,6 +130,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="multi-agent runs: comma-separated name patterns (e.g. 'coder,math*') of the agents to train;"
         " the others' turns stay in the conversation as state (env LIGHTNING_TRAIN_AGENTS; default: all)",
     )
+    parser.add_argument(
+        "--episodes",
+        action="store_true",
+        default=_env("LIGHTNING_EPISODES", "") in ("1", "true", "yes"),
+        help="production traffic: every trace with an LLM call and no rollout becomes an episode, streamed like a"
+        " rollout (source: episode) once quiet for --episode-idle-s (env LIGHTNING_EPISODES=1)",
+    )
+    parser.add_argument(
+        "--episode-idle-s",
+        type=float,
+        default=float(_env("LIGHTNING_EPISODE_IDLE_S", "30")),
+        help="an episode is complete once its trace has had no new span this long (env LIGHTNING_EPISODE_IDLE_S)",
+    )
+    parser.add_argument(
+        "--feedback-wait-s",
+        type=float,
+        default=float(_env("LIGHTNING_FEEDBACK_WAIT_S", "0")),
+        help="hold each rollout's completion this long after its root span, so late rewards (feedback,"
+        " evaluations) are part of it rather than reward_update events (env LIGHTNING_FEEDBACK_WAIT_S)",
+    )
     limits = parser.add_argument_group("limits (see the README's Security section)")
     limits.add_argument(
         "--max-request-mb",
@@ -241,6 +261,9 @@ def _start(args: argparse.Namespace) -> tuple[CollectorServer, CollectorConfig]:
         max_attempts=args.max_attempts,
         max_store_bytes=int(args.max_store_mb * 1024 * 1024) or None,
         require_reward=args.require_reward,
+        episodes=args.episodes,
+        episode_idle_s=args.episode_idle_s,
+        feedback_wait_s=args.feedback_wait_s,
         train_agents=tuple(p.strip() for p in args.train_agents.split(",") if p.strip()),
         max_message_bytes=int(args.max_request_mb * 1024 * 1024),
         max_pending_spans=args.max_pending_spans,

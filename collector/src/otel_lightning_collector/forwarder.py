@@ -23,6 +23,12 @@ import grpc
 logger = logging.getLogger(__name__)
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+# Each OTLP signal's gRPC method and HTTP path: metrics and logs are forwarded like traces.
+SIGNAL_METHODS = {
+    "traces": EXPORT_METHOD,
+    "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+}
 _RETRYABLE_GRPC = frozenset(
     (
         grpc.StatusCode.UNAVAILABLE,
@@ -48,9 +54,9 @@ class ForwardCounters:
     requests_refused_upstream: int = 0
 
 
-def grpc_sender(target: str, timeout_s: float) -> Callable[[bytes], None]:
+def grpc_sender(target: str, timeout_s: float, method: str = EXPORT_METHOD) -> Callable[[bytes], None]:
     channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
-    export = channel.unary_unary(EXPORT_METHOD)  # bytes in, bytes out
+    export = channel.unary_unary(method)  # bytes in, bytes out
 
     def send(raw: bytes) -> None:
         try:
@@ -79,13 +85,13 @@ def http_sender(url: str, timeout_s: float) -> Callable[[bytes], None]:
     return send
 
 
-def sender_for(endpoint: str, timeout_s: float = 10.0) -> Callable[[bytes], None]:
-    """`http(s)://host:port/v1/traces` forwards over OTLP/HTTP (protobuf); `host:port` or
-    `grpc://host:port` over OTLP/gRPC (plaintext)."""
+def sender_for(endpoint: str, timeout_s: float = 10.0, signal: str = "traces") -> Callable[[bytes], None]:
+    """`http(s)://host:port[/v1/traces]` forwards over OTLP/HTTP (protobuf, to `/v1/<signal>`);
+    `host:port` or `grpc://host:port` over OTLP/gRPC (plaintext)."""
     if endpoint.startswith(("http://", "https://")):
-        url = endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/") + "/v1/traces"
-        return http_sender(url, timeout_s)
-    return grpc_sender(endpoint.removeprefix("grpc://"), timeout_s)
+        base = endpoint.rstrip("/").removesuffix("/v1/traces")
+        return http_sender(f"{base}/v1/{signal}", timeout_s)
+    return grpc_sender(endpoint.removeprefix("grpc://"), timeout_s, SIGNAL_METHODS[signal])
 
 
 class OtlpForwarder:
@@ -96,12 +102,13 @@ class OtlpForwarder:
         max_queue_bytes: int = 64 * 1024 * 1024,
         max_backoff_s: float = 5.0,
         send: Callable[[bytes], None] | None = None,
+        signal: str = "traces",
     ) -> None:
         self.endpoint = endpoint
         self.max_queue_bytes = max_queue_bytes
         self.max_backoff_s = max_backoff_s
         self.counters = ForwardCounters()
-        self._send = send or sender_for(endpoint)
+        self._send = send or sender_for(endpoint, signal=signal)
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued_bytes = 0
         self._changed = threading.Condition()

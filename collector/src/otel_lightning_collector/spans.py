@@ -77,7 +77,7 @@ class DecodedRequest:
         self.rejected.append((f"span {span.name!r} {span.span_id.hex() or '?'}: {problem}", span.SerializeToString()))
 
 
-def _rollout_attributes(key_values: Any) -> dict[str, Any] | None:
+def rollout_attributes(key_values: Any) -> dict[str, Any] | None:
     """The rollout keys of a span's attributes, in one pass; None for a span outside any rollout.
 
     Only these few keys are decoded here; the rest waits for the assembler.
@@ -90,7 +90,9 @@ def _rollout_attributes(key_values: Any) -> dict[str, Any] | None:
     return found if semconv.ROLLOUT_ID in found else None
 
 
-def _check_span(span: Span, found: dict[str, Any]) -> str | None:
+def id_or_time_problem(span: Span) -> str | None:
+    """What makes a span unusable whatever its attributes (bad ids, times past 2^63 ns); None if nothing.
+    Cheap enough for the acknowledgement path (a `partial_success` reports these)."""
     trace_id, span_id, parent_span_id = span.trace_id, span.span_id, span.parent_span_id
     if len(trace_id) != 16 or not any(trace_id):
         return "trace_id must be 16 bytes, not all zero"
@@ -100,6 +102,13 @@ def _check_span(span: Span, found: dict[str, Any]) -> str | None:
         return "parent_span_id must be empty or 8 bytes"
     if span.start_time_unix_nano >= _MAX_TIME_NS or span.end_time_unix_nano >= _MAX_TIME_NS:
         return "start and end times must be below 2^63 ns (the year 2262)"
+    return None
+
+
+def _check_span(span: Span, found: dict[str, Any]) -> str | None:
+    problem = id_or_time_problem(span)
+    if problem is not None:
+        return problem
     rollout_id = found[semconv.ROLLOUT_ID]
     if not isinstance(rollout_id, str) or not rollout_id:
         return f"{semconv.ROLLOUT_ID} must be a non-empty string"
@@ -117,16 +126,22 @@ def _spans(request: Any) -> Iterator[Span]:
 
 
 def decode_request(request: Any) -> DecodedRequest:
-    """Split an ExportTraceServiceRequest into rollout span records, foreign spans and rejects."""
+    """Split an ExportTraceServiceRequest into span records, foreign spans and rejects.
+
+    A span with no rollout id is a record too, with rollout_id '': a rollout is a trace, and the store
+    files it under the rollout of its trace (now or once that trace's rollout spans arrive). Only a
+    span with unusable ids or times and no rollout id is foreign (not ours to keep).
+    """
     decoded = DecodedRequest()
     records = decoded.records
     for span in _spans(request):
-        found = _rollout_attributes(span.attributes)
+        found = rollout_attributes(span.attributes)
         if found is None:
-            decoded.foreign_spans += 1
-            continue
-        problem = _check_span(span, found)
-        if problem is not None:
+            if id_or_time_problem(span) is not None:
+                decoded.foreign_spans += 1
+                continue
+            found = {semconv.ROLLOUT_ID: ""}
+        elif (problem := _check_span(span, found)) is not None:
             decoded.reject(span, problem)
             continue
         records.append(

@@ -35,6 +35,13 @@ _SHOWN_COUNTERS = (
     "index.spans_rejected",
     "forward.requests_forwarded",
     "forward.requests_dropped_queue_full",
+    # Traces from anyone (trace_extras): steps trained without token ids, spans not kept, episodes, feedback.
+    "assembly.steps_without_token_ids",
+    "not_kept.spans",
+    "episodes.episodes",
+    "signals.log_records_stored",
+    "feedback.recorded",
+    "feedback.reward_updates",
 )
 
 

@@ -15,12 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from otel_lightning_collector import store_traces
 from otel_lightning_collector.spans import SpanRecord
 
 logger = logging.getLogger(__name__)
 
 EVENT_TRANSITION = 1
 EVENT_ROLLOUT = 2
+# A reward recorded after its rollout was streamed (feedback.py); only to subscribers that ask.
+EVENT_REWARD_UPDATE = 3
 
 OPEN = "open"
 COMPLETED = "completed"
@@ -116,6 +119,10 @@ class IngestResult:
     late: int = 0
     # Open rollouts whose root span has arrived, in arrival order: ready to be completed.
     ready: dict[str, None] = field(default_factory=dict)
+    # Spans with no rollout id that joined a rollout by their trace (now, or stored loose earlier).
+    adopted: int = 0
+    # Spans stored loose: their trace has no rollout (yet).
+    loose: int = 0
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,7 @@ class Store:
         self._write_lock = threading.Lock()
         self._writer = self._connect(new_file_page_size=_PAGE_SIZE)
         self._writer.executescript(_SCHEMA)
+        self._writer.executescript(store_traces.SCHEMA)
         # Stores written before rollouts had a completion time.
         if "completed_ns" not in {row[1] for row in self._writer.execute("PRAGMA table_info(rollouts)")}:
             self._writer.execute("ALTER TABLE rollouts ADD COLUMN completed_ns INTEGER")
@@ -272,6 +280,18 @@ class Store:
         """
         result = IngestResult()
         now = time.time_ns()
+        if any(not r.rollout_id for r in records):
+            # A rollout is a trace: spans with no rollout id join the rollout of their trace, if known.
+            with self._write_lock:
+                known = store_traces.owners(self._writer, {r.trace_id for r in records if not r.rollout_id})
+            for record in records:
+                if not record.rollout_id and record.trace_id in known:
+                    record.rollout_id = known[record.trace_id]
+                    result.adopted += 1
+            loose = [r for r in records if not r.rollout_id]
+            records = [r for r in records if r.rollout_id]
+            if loose:
+                result.loose = self._store_loose(loose, now)
         if not records:
             with self._write_lock:
                 self._writer.execute("BEGIN IMMEDIATE")
@@ -306,6 +326,8 @@ class Store:
                     result.duplicates += len(rows) - inserted
                     if late:
                         result.late = inserted
+                claimed = {r.trace_id: r.rollout_id for r in reversed(records)}
+                result.adopted += store_traces.claim(db, claimed, completed)
                 roots = {r.rollout_id for r in records if r.is_root}
                 db.executemany(
                     "UPDATE rollouts SET last_seen_ns = ?, root_seen = root_seen OR ? WHERE rollout_id = ?",
@@ -320,6 +342,22 @@ class Store:
         # A retried root of an open rollout is submitted again: completing is idempotent.
         result.ready = {rollout_id: None for rollout_id in rollout_ids if rollout_id in roots - completed}
         return result
+
+    def _store_loose(self, loose: list[SpanRecord], now: int) -> int:
+        """Store spans whose trace no rollout has claimed yet (rollout id ''); returns how many were new."""
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                before = db.total_changes
+                db.executemany(_INSERT_SPAN, [_span_row(r, False) for r in loose])
+                stored = db.total_changes - before
+                store_traces.touch_loose(db, {r.trace_id for r in loose}, now)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return stored
 
     def _keep_rejected(self, rejected: list[tuple[str, bytes]], now: int) -> None:
         self._writer.executemany(

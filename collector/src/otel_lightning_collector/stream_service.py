@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 
 from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning_collector.notifier import Notifier
-from otel_lightning_collector.store import EVENT_TRANSITION, Store, StoredEvent
+from otel_lightning_collector.store import EVENT_REWARD_UPDATE, EVENT_TRANSITION, Store, StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ _PERSIST_S = 0.05
 def to_stream_event(stored: StoredEvent) -> pb.StreamEvent:
     event = pb.StreamEvent(sequence=stored.sequence)
     target = event.transition if stored.kind == EVENT_TRANSITION else event.rollout
+    if stored.kind == EVENT_REWARD_UPDATE:
+        target = event.reward_update
     target.ParseFromString(stored.body)
     return event
 
@@ -51,7 +53,7 @@ def encode_stream_event(stored: StoredEvent) -> bytes:
     StreamEvent is `sequence` (field 1, varint) then the payload (field 2 transition or 3 rollout,
     length-delimited): the stored body is already that payload's serialization.
     """
-    field = 2 if stored.kind == EVENT_TRANSITION else 3
+    field = 2 if stored.kind == EVENT_TRANSITION else 5 if stored.kind == EVENT_REWARD_UPDATE else 3
     return b"\x08" + _varint(stored.sequence) + bytes(((field << 3) | 2,)) + _varint(len(stored.body)) + stored.body
 
 
@@ -160,6 +162,9 @@ class TransitionStreamService:
         if from_latest:
             yield pb.StreamEvent(sequence=start, caught_up=pb.CaughtUp(last_sequence=start)).SerializeToString()
         sent = start
+        # Read position; `sent` is the last event delivered. RewardUpdates go only to subscribers
+        # that ask for them: consumers that know transitions and completions see nothing new.
+        cursor = start
         while context.is_active():
             if acks.error:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, acks.error)
@@ -173,8 +178,11 @@ class TransitionStreamService:
                     return
                 continue
             generation = self.notifier.generation
-            events = self.store.events_after(sent, min(room, _PAGE), end)
+            events = self.store.events_after(cursor, min(room, _PAGE), end)
             for stored in events:
+                cursor = stored.sequence
+                if stored.kind == EVENT_REWARD_UPDATE and not subscribe.reward_updates:
+                    continue
                 sent = acks.sent = stored.sequence
                 yield encode_stream_event(stored)
             if events:

@@ -31,10 +31,15 @@ ABANDONED = "abandoned"  # the worker lost its lease (crashed, hung, cut off); t
 STATUSES = (SUCCEEDED, FAILED, TIMEOUT, LLM_ERROR, TOOL_ERROR, MALFORMED, INCOMPLETE, ABANDONED)
 
 
+EPISODE = "episode"  # RolloutCompleted.source of production traffic (collector --episodes)
+
+
 @dataclass
 class BuiltRollout:
     transitions: list[pb.Transition] = field(default_factory=list)
     completed: pb.RolloutCompleted = field(default_factory=pb.RolloutCompleted)
+    # gen_ai.response.id of its steps (late feedback may name one).
+    response_ids: list[str] = field(default_factory=list)
 
 
 def _error_of(span: Span) -> tuple[str, str]:
@@ -119,15 +124,11 @@ def _logs_by_span(logs: Sequence[LogRecord]) -> dict[bytes, list[tuple[str, dict
     return found
 
 
-def _log_evaluations(logs: Sequence[LogRecord]) -> list[evaluations.Evaluation]:
-    found = []
-    for record in logs:
-        record_attributes = attributes(record.attributes)
-        if evaluations.is_evaluation(record.event_name, record_attributes):
-            time_ns = record.time_unix_nano or record.observed_time_unix_nano
-            if (rated := evaluations.evaluation(record_attributes, time_ns, record.span_id)) is not None:
-                found.append(rated)
-    return found
+def _trace_root(spans: list[Span]) -> Span | None:
+    """An episode's root: the span whose parent is not in the trace (the earliest, if several)."""
+    ids = {span.span_id for span in spans}
+    roots = [span for span in spans if span.parent_span_id not in ids]
+    return min(roots, key=lambda span: span.start_time_unix_nano) if roots else None
 
 
 def _reward_times(rated: list[evaluations.Evaluation], steps: list[Step], spans: list[Span]) -> list[tuple[int, float]]:
@@ -170,7 +171,7 @@ def build_rollout(
     trains_agent: Callable[[str], bool] | None = None,
     require_reward: bool = False,
     logs: Sequence[LogRecord] = (),
-    extra_rewards: Sequence[tuple[int, float]] = (),
+    extra_rewards: Sequence[evaluations.Evaluation] = (),
     source: str = "",
 ) -> BuiltRollout:
     """Transitions of one rollout, in step order, and its completion record.
@@ -178,19 +179,20 @@ def build_rollout(
     Spans are read through the dialects (ours, GenAI, OpenInference, OpenLLMetry); LLM steps are the
     steps, one per model call (step_merge: the gateway's and the client's spans of a call are one
     step; failed LLM calls produce no action, so no transition). Rewards — reward spans,
-    `gen_ai.evaluation.result` events (span events and the `logs` records of the rollout's traces)
-    and `extra_rewards` (feedback recorded while the rollout was open) — are spread over the steps by
-    `credit`; next_state is the next step of the same agent.
+    `gen_ai.evaluation.result` span events, and `extra_rewards` (feedback and evaluation log records
+    recorded while the rollout was open) — are spread over the steps by `credit`; next_state is the
+    next step of the same agent. `logs`: the log records of the rollout's traces (the GenAI message
+    events some instrumentors write instead of attributes).
     `trains_agent` selects the agents whose steps become transitions in multi-agent runs; what the
     others said stays in the conversation, as state. `source` is "" for a rollout, "episode" for
     production traffic.
     """
     spans = [Span.FromString(body) for body in span_bodies]
     logs_by_span = _logs_by_span(logs)
-    rated = _log_evaluations(logs)
+    rated = list(extra_rewards)
     root: Span | None = None
     steps: list[Step] = []
-    rewards: list[tuple[int, float]] = list(extra_rewards)
+    rewards: list[tuple[int, float]] = []
     failed_llm: Span | None = None
     failed_tool: Span | None = None
     malformed: list[str] = []
@@ -234,6 +236,8 @@ def build_rollout(
                 failed_llm = failed_llm or span
                 continue
             steps.append(Step(span, step))
+    if root is None and source == EPISODE:
+        root = _trace_root(spans)
     steps = one_step_per_call(steps, spans)
     steps.sort(key=lambda s: (s.span.end_time_unix_nano, s.span.start_time_unix_nano, s.span.span_id))
     rewards.extend(_reward_times(rated, steps, spans))
@@ -301,6 +305,7 @@ def build_rollout(
 
     for transition in built.transitions:
         transition.rollout_status = status
+    built.response_ids = [step.step.response_id for step in steps if step.step.response_id]
     without = [step for step in steps if _token_ids_absent(step.step)]
     built.completed = pb.RolloutCompleted(
         rollout_id=rollout_id,
