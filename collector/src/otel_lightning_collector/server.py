@@ -30,6 +30,7 @@ from otel_lightning_collector.stream_service import DEFAULT_MAX_STREAMS, Transit
 from otel_lightning_collector.task_pool import TaskPool
 from otel_lightning_collector.task_pool_service import DEFAULT_MAX_WAITING_CLAIMS, TaskPoolService
 from otel_lightning_collector.tls import server_context
+from otel_lightning_collector.trace_extras import TraceExtras, TraceExtrasConfig
 from otel_lightning_collector.trace_intake import TraceIntake
 from otel_lightning_collector.transitions import LLM_ERROR
 
@@ -79,6 +80,11 @@ class CollectorConfig:
     train_agents: tuple[str, ...] = ()
     # A rollout without a reward span is `malformed` (else it trains with reward 0, has_reward false).
     require_reward: bool = False
+    # Traces with LLM calls and no rollout become episodes once quiet for episode_idle_s (trace_extras).
+    episodes: bool = False
+    episode_idle_s: float = 30.0
+    # Hold each completion this long after its root arrives, so late rewards are part of it.
+    feedback_wait_s: float = 0.0
 
 
 def check_port_free(listen: str, what: str) -> None:
@@ -155,7 +161,7 @@ class CollectorServer:
             self.store,
             self.notifier,
             credit=config.credit,
-            settle_s=config.settle_s,
+            settle_s=config.settle_s + config.feedback_wait_s,
             rollout_timeout_s=config.rollout_timeout_s,
             train_agents=config.train_agents,
             activity=self.activity,
@@ -231,10 +237,26 @@ class CollectorServer:
             if config.http_listen
             else None
         )
+        self.extras = TraceExtras(
+            self.store,
+            self.notifier,
+            self.intake,
+            self.assembler,
+            self.receiver,
+            TraceExtrasConfig(
+                episodes=config.episodes,
+                episode_idle_s=config.episode_idle_s,
+                loose_keep_s=config.rollout_timeout_s,
+                forward_to=config.forward_to,
+                forward_queue_bytes=config.forward_queue_bytes,
+            ),
+        )
+        self.extras.serve(self._server, self.http)
 
     def _counters(self) -> dict[str, int]:
         forwarded = self.forwarder.counters if self.forwarder is not None else None
-        return counters_of("intake", self.intake.counters, "index", self.indexer.counters, "forward", forwarded)
+        found = counters_of("intake", self.intake.counters, "index", self.indexer.counters, "forward", forwarded)
+        return {**found, **self.extras.counters()}
 
     def _retry_failed_model_calls(self, completions: list[Completion]) -> set[str]:
         # The model server failed, not the agent: the sample gets another try (up to max_attempts).
@@ -244,6 +266,7 @@ class CollectorServer:
     def start(self) -> CollectorServer:
         if self.forwarder is not None:
             self.forwarder.start()
+        self.extras.start()
         self.indexer.start()
         self.assembler.start()
         self.task_pool.start_reaper()
@@ -269,6 +292,7 @@ class CollectorServer:
         self._server.stop(grace_s).wait()
         if self.forwarder is not None:
             self.forwarder.stop()
+        self.extras.stop()
         self.task_pool.stop_reaper()
         self.indexer.stop()
         self.assembler.stop()
