@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register_policy_server(subparsers)
+    from otel_lightning.optimize.cli import register as register_optimize
+
+    register_optimize(subparsers)  # eval, optimize-prompt
     for entry_point in entry_points(group="otel_lightning.commands"):
         entry_point.load()(subparsers)
     return parser

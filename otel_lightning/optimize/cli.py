@@ -27,7 +27,17 @@ def agent_command(remainder: list[str]) -> list[str]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reward", required=True, help="MODULE:FUNCTION called as FUNCTION(task_input, output)")
+    parser.add_argument(
+        "--reward",
+        help="MODULE:FUNCTION called as FUNCTION(task_input, output) after each rollout, output being the agent's"
+        " stdout; without it, the rewards the agent records itself (otel_lightning.reward)",
+    )
+    parser.add_argument(
+        "--instrument",
+        action="store_true",
+        help="run the agent under opentelemetry-instrument (its own spans: agent names, tools); the gateway"
+        " records every model call without it",
+    )
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="rollouts at once")
     parser.add_argument(
         "--collector",
@@ -80,7 +90,7 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         candidates = load_candidates(args.candidates)
         tasks = load_tasks(args.tasks)
-        reward = load_function(args.reward)
+        reward = load_function(args.reward) if args.reward else None
     except (CandidateError, InputError) as error:
         raise SystemExit(f"error: {error}") from None
     settings = EvalSettings(
@@ -88,6 +98,7 @@ def _eval(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         collector=args.collector,
         rollout_timeout_s=args.timeout,
+        instrument=args.instrument,
     )
     with RolloutProgress([c.name for c in candidates], len(tasks) * args.repeats) as progress:
         run = run_eval(candidates, tasks, command, reward, settings, on_result=progress.update)
@@ -107,7 +118,7 @@ def _optimize_prompt(args: argparse.Namespace) -> int:
     command = agent_command(args.agent)
     try:
         train, val = load_tasks(args.tasks), load_tasks(args.val_tasks)
-        reward = load_function(args.reward)
+        reward = load_function(args.reward) if args.reward else None
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
     settings = SearchSettings(
@@ -124,6 +135,7 @@ def _optimize_prompt(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         collector=args.collector,
         rollout_timeout_s=args.timeout,
+        instrument=args.instrument,
     )
     history = run_prompt_search(train, val, command, reward, settings, Path(args.out))
     best = history["best"]

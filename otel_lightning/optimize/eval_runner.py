@@ -216,10 +216,9 @@ def run_eval(
     The global tracer provider must export to the collector the rollouts are judged by (the worker's
     rollout spans go through it): `setup_worker_tracing(address)` in a process of its own.
     """
-    from otel_lightning_gateway import Gateway
-
     from otel_lightning.task_client import TaskPoolClient
     from otel_lightning.worker import Worker
+    from otel_lightning_gateway import Gateway
 
     settings = settings or EvalSettings()
     if not tasks:

@@ -47,6 +47,7 @@ class SearchSettings:
     concurrency: int = 4
     collector: str | None = None
     rollout_timeout_s: float = 300.0
+    instrument: bool = False
     progress: bool = True
 
 
@@ -69,7 +70,7 @@ class PromptSearch:
         train: list[tuple[str, Any]],
         val: list[tuple[str, Any]],
         command: list[str],
-        reward: RewardFunction,
+        reward: RewardFunction | None,
         settings: SearchSettings,
         collector: str,
     ) -> None:
@@ -92,6 +93,7 @@ class PromptSearch:
             concurrency=self.settings.concurrency,
             collector=self.collector,
             rollout_timeout_s=self.settings.rollout_timeout_s,
+            instrument=self.settings.instrument,
         )
         with RolloutProgress(list(named), len(tasks), enabled=self.settings.progress, label=label) as progress:
             run = run_eval(candidates, tasks, self.command, self.reward, settings, on_result=progress.update)
@@ -195,7 +197,7 @@ def run_prompt_search(
     train: list[tuple[str, Any]],
     val: list[tuple[str, Any]],
     command: list[str],
-    reward: RewardFunction,
+    reward: RewardFunction | None,
     settings: SearchSettings,
     out: Path,
 ) -> dict[str, Any]:
