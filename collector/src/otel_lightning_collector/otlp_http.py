@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 TRACES_PATH = "/v1/traces"
 OTHER_SIGNAL_PATHS = ("/v1/metrics", "/v1/logs")
+# Late feedback as JSON (`otel-lightning feedback` over HTTP): {"trace_id"|"rollout_id"|"response_id", "score", "name"}.
+FEEDBACK_PATH = "/v1/feedback"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 RETRY_AFTER_S = 1
@@ -51,6 +53,7 @@ _GRPC_METHODS = {
     "/v1/traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     "/v1/metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
     "/v1/logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    "/v1/feedback": "/otel_lightning.v1.Feedback/Record",
 }
 _RPC_CODES = {
     HTTPStatus.SERVICE_UNAVAILABLE: 14,
@@ -141,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
             # Without a length the body's end is unknown: answer, then close the connection.
             intake.count(requests_malformed=1)
             return self._refuse(HTTPStatus.BAD_REQUEST, str(error), as_json, length=-1)
-        if path not in (TRACES_PATH, *OTHER_SIGNAL_PATHS):
+        if path not in (TRACES_PATH, FEEDBACK_PATH, *OTHER_SIGNAL_PATHS):
             return self._refuse(
                 HTTPStatus.NOT_FOUND, f"no OTLP endpoint at {path}; traces go to {TRACES_PATH}", as_json, length=length
             )
@@ -163,8 +166,19 @@ class _Handler(BaseHTTPRequestHandler):
         limit = min(self.server.max_body_bytes, self.server.max_json_bytes) if as_json else self.server.max_body_bytes
         try:
             body = read_body(self.rfile, self.headers, limit)
+            if path == FEEDBACK_PATH and self.server.feedback is not None:
+                status, answer = self.server.feedback.http(body)
+                return self._reply(status, answer, True)
             if path != TRACES_PATH:
                 intake.count(other_signal_requests=1)
+                if self.server.signals is not None:
+                    # Logs are kept (GenAI events, evaluations), metrics forwarded: see signal_intake.
+                    try:
+                        self.server.signals.export(path.rsplit("/", 1)[1], body, as_json)
+                    except ExportRefusedError as refused:
+                        return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(refused), as_json, retry_after=True)
+                    except ValueError as error:
+                        raise BadRequestError(str(error)) from None
                 return self._reply(HTTPStatus.OK, b"{}" if as_json else b"", as_json)
             if as_json:
                 request, raw = parse_json_request(body), None
@@ -320,6 +334,9 @@ class OtlpHttpReceiver:
         host, _, port = listen.rpartition(":")
         self._server = _Server((host.strip("[]") or "127.0.0.1", int(port)), _Handler)
         self._server.intake = intake
+        # Set by the collector: logs and metrics (signal_intake.SignalIntake), feedback (feedback_service).
+        self._server.signals = None
+        self._server.feedback = None
         self._server.max_body_bytes = max_body_bytes
         self._server.max_json_bytes = limits.max_json_bytes
         self._server.read_timeout_s = limits.read_timeout_s

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -25,6 +28,8 @@ class OtlpTraceReceiver:
 
     def __init__(self, intake: TraceIntake) -> None:
         self.intake = intake
+        # The collector's SignalIntake (logs kept, metrics forwarded); None: acknowledged, not kept.
+        self.signals: Any = None
 
     @property
     def counters(self) -> IntakeCounters:
@@ -46,6 +51,26 @@ class OtlpTraceReceiver:
         self.intake.count(other_signal_requests=1)
         return b""
 
+    def _other_signal(self, service: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        """Logs are kept and metrics forwarded by the collector's SignalIntake (`self.signals`, set
+        by the server); without one they are acknowledged and not kept."""
+        signal = "logs" if ".logs." in service else "metrics"
+
+        def export(raw: bytes, context: grpc.ServicerContext) -> bytes:
+            signals = self.signals
+            if signals is None:
+                return self._ignore_other_signal(raw, context)
+            self.intake.count(other_signal_requests=1)
+            try:
+                signals.export(signal, raw)
+            except ExportRefusedError as refused:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(refused))
+            except ValueError as error:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            return b""
+
+        return export
+
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         handlers = [
             grpc.method_handlers_generic_handler(
@@ -54,7 +79,7 @@ class OtlpTraceReceiver:
         ]
         handlers.extend(
             grpc.method_handlers_generic_handler(
-                service, {"Export": grpc.unary_unary_rpc_method_handler(self._ignore_other_signal)}
+                service, {"Export": grpc.unary_unary_rpc_method_handler(self._other_signal(service))}
             )
             for service in OTHER_SIGNAL_SERVICES
         )

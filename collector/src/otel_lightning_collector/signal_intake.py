@@ -141,7 +141,5 @@ class SignalIntake:
                 self.counters.evaluations_recorded += 1
         except sqlite3.Error as error:
             logger.error("store %s refused log records: %s", self.store.path, error)
-            raise ExportRefusedError(
-                f"collector store is not writable ({error}); retry later", retry_after_s=5.0
-            ) from None
+            raise ExportRefusedError(f"collector store is not writable ({error}); retry later") from None
         self.counters.log_records_stored += len(rows)

@@ -59,6 +59,11 @@ class TraceIntake:
         self.indexer = indexer
         self.forward = forward
         self.counters = IntakeCounters()
+        # A rollout is a trace: a request with no rollout span is kept too when this says so (a span
+        # of it belongs to a known rollout trace, or --episodes keeps all traffic); see trace_membership.
+        self.keeps: Callable[[ExportTraceServiceRequest], bool] | None = None
+        # Told the spans not kept (counted, logged at most once a minute, shown by status).
+        self.not_kept: Callable[[int], None] | None = None
         self._slots = threading.BoundedSemaphore(max_concurrent_exports)
         self._counter_lock = threading.Lock()
 
@@ -82,7 +87,7 @@ class TraceIntake:
         if not self._slots.acquire(blocking=False):
             self.refuse("collector is at its concurrent export limit; retry later")
         try:
-            if has_rollout_spans(raw):
+            if has_rollout_spans(raw) or (self.keeps is not None and self.keeps(request)):
                 if not self.indexer.has_room():
                     self.refuse(f"collector has {self.indexer.pending_spans} spans waiting to be indexed; retry later")
                 try:
@@ -96,6 +101,8 @@ class TraceIntake:
                 self.count(requests=1, spans_accepted=span_count)
             else:
                 self.count(requests=1, spans_foreign=span_count)
+                if self.not_kept is not None:
+                    self.not_kept(span_count)
         finally:
             self._slots.release()
         if self.forward is not None:
