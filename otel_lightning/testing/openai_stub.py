@@ -9,8 +9,9 @@ the usage chunk only with `stream_options.include_usage`, and a Responses API wi
 at all (vLLM's has none to ask for); plus `policy_version` (vLLM has none: `policy_version=None`).
 Its policy: with a `calculator` tool offered, it calls it on the arithmetic in the question, then
 answers with the tool's result; without tools it answers the arithmetic itself.
-A model named `error` gets HTTP 500, to exercise failure paths. It also answers vLLM's `GET /health`
-and the dev-mode weight endpoints (`POST /collective_rpc`, `/reset_prefix_cache`), recording them.
+A model named `error` gets HTTP 500, to exercise failure paths; a streamed one named `stall` stalls.
+It also answers vLLM's `GET /health` and the dev-mode weight endpoints (`POST /collective_rpc`,
+`/reset_prefix_cache`), recording them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any
 from otel_lightning.testing.arithmetic import evaluate, find_expression, format_number
 
 POLICY_VERSION = "stub-1"
+# A streamed request for this model gets one chunk, then nothing but keep-alives (for disconnect tests).
+STALL_MODEL = "stall"
 
 
 def _text_of(content: Any) -> str:
@@ -166,6 +169,8 @@ class _StubHTTPServer(ThreadingHTTPServer):
         self.always_token_ids = token_ids == "always"
         # (path, body) of every POST, in arrival order (bounded), for tests to look at.
         self.received: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=1000)
+        # Streams the caller went away from before the end (the `stall` model's), counted when the write failed.
+        self.aborted_streams = 0
 
 
 _VLLM_DEV_ROUTES = ("/collective_rpc", "/reset_prefix_cache")
@@ -194,6 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, {"results": [None]} if "collective_rpc" in self.path else {})
         if body.get("model") == "error":
             return self._json(500, {"error": {"message": "stub model failure", "type": "server_error"}})
+        if body.get("model") == STALL_MODEL and body.get("stream"):
+            return self._stall()
         if self.path.rstrip("/").endswith("/chat/completions"):
             return self._chat(body)
         if self.path.rstrip("/").endswith("/responses"):
@@ -218,18 +225,16 @@ class _Handler(BaseHTTPRequestHandler):
 
         def with_tokens(choice: dict[str, Any], part: str) -> dict[str, Any]:
             part_ids = token_ids(part)
-            if asked_ids:
-                choice["token_ids"] = part_ids
-            if logprobs:
-                choice["logprobs"] = {"content": [_chat_logprob(i) for i in part_ids]}
+            choice["token_ids"] = part_ids if asked_ids else None  # vLLM names the field either way
+            choice["logprobs"] = {"content": [_chat_logprob(i) for i in part_ids]} if logprobs else None
             return choice
 
         def chunks() -> Iterator[dict[str, Any]]:
             chunk = {**base, "object": "chat.completion.chunk"}
             first = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
-            if asked_ids:  # vLLM: the prompt's ids on the first chunk only
-                first["prompt_token_ids"] = response["prompt_token_ids"]
-            yield first
+            # vLLM: the prompt's ids on the first chunk only (null on the others, and when not asked).
+            yield {**first, "prompt_token_ids": response["prompt_token_ids"]}
+            chunk["prompt_token_ids"] = None
             if call:
                 delta = {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]}
                 completion = json.dumps(call[0]["function"])
@@ -279,9 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "top_logprobs": [None] * len(part_ids),
                     "text_offset": list(range(len(part_ids))),
                 }
-            if asked_ids:
-                out["token_ids"] = part_ids
-                out["prompt_token_ids"] = prompt_ids if first else None
+            out["token_ids"] = part_ids if asked_ids else None
+            out["prompt_token_ids"] = prompt_ids if asked_ids and first else None
             return out
 
         if not body.get("stream"):
@@ -378,6 +382,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _stall(self) -> None:
+        """A stream that starts and then only keeps the connection alive (for up to 10 s): what a long
+        generation looks like to a caller that gives up."""
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        chunk = {"id": "chatcmpl-stall", "object": "chat.completion.chunk", "model": STALL_MODEL}
+        first = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Thinking"}}]}
+        self.close_connection = True
+        try:
+            self.wfile.write(f"data: {json.dumps(first)}\n\n".encode())
+            self.wfile.flush()
+            for _ in range(200):
+                time.sleep(0.05)
+                self.wfile.write(b": still thinking\n\n")
+                self.wfile.flush()
+        except OSError:
+            self.server.aborted_streams += 1
 
     def _sse(self, events: Iterator[dict[str, Any]], done_marker: bool) -> None:
         self.send_response(200)

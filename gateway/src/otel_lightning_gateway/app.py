@@ -153,8 +153,8 @@ class GatewayApp:
         route, unknown = self._route(rollout_id)
         headers = request.headers
         context = parent_context(headers, route)
-        extra = identity_attributes(context, rollout_id, route, unknown)
-        extra.update(self.config.span_attributes)
+        # Gateway-wide attributes first: the rollout's own (baggage, URL, route) are more specific.
+        extra = {**self.config.span_attributes, **identity_attributes(context, rollout_id, route, unknown)}
         capture = capture_content_enabled()
         raw = await request.body()
         try:

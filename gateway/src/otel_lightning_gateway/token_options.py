@@ -1,7 +1,8 @@
 """Asking the upstream for token ids and logprobs, and taking back out what the caller did not ask for.
 
 The caller gets the answer it would have had without the gateway: fields the gateway alone asked for
-(vLLM's `prompt_token_ids` / `token_ids`, `logprobs`, the streamed usage chunk) are removed, everything
+(vLLM's `prompt_token_ids` / `token_ids`, `logprobs`: null, as vLLM sends them when not asked; the
+streamed usage chunk: dropped), everything
 else passes through as the upstream sent it. A caller that asked for them itself gets them untouched.
 """
 
@@ -51,12 +52,14 @@ def strip(answer: dict[str, Any], asked: Asked) -> dict[str, Any] | None:
     choices = answer.get("choices")
     if not asked.usage and not choices and answer.get("usage") is not None:
         return None
-    if not asked.token_ids:
-        answer.pop("prompt_token_ids", None)
+    # Set to null, not removed: vLLM names these fields (null) in answers that did not ask for them.
+    if not asked.token_ids and answer.get("prompt_token_ids") is not None:
+        answer["prompt_token_ids"] = None
     for choice in choices or ():
         if not asked.token_ids:
-            choice.pop("token_ids", None)
-            choice.pop("prompt_token_ids", None)  # completions carry them per choice
+            for key in ("token_ids", "prompt_token_ids"):  # completions carry the prompt's per choice
+                if choice.get(key) is not None:
+                    choice[key] = None
         if not asked.logprobs and choice.get("logprobs") is not None:
             choice["logprobs"] = None
     return answer
