@@ -57,6 +57,7 @@ _GRPC_METHODS = {
 }
 _RPC_CODES = {
     HTTPStatus.SERVICE_UNAVAILABLE: 14,
+    HTTPStatus.TOO_MANY_REQUESTS: 8,
     HTTPStatus.UNAUTHORIZED: 16,
     HTTPStatus.FORBIDDEN: 7,
     HTTPStatus.NOT_FOUND: 5,
@@ -176,7 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
                     try:
                         self.server.signals.export(path.rsplit("/", 1)[1], body, as_json)
                     except ExportRefusedError as refused:
-                        return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(refused), as_json, retry_after=True)
+                        retry_after = {"Retry-After": str(max(1, round(refused.retry_after_s)))}
+                        return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(refused), as_json, headers=retry_after)
                     except ValueError as error:
                         raise BadRequestError(str(error)) from None
                 return self._reply(HTTPStatus.OK, b"{}" if as_json else b"", as_json)
@@ -202,7 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             response = intake.export(request, raw)
         except ExportRefusedError as refused:
-            return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(refused), as_json, retry_after=True)
+            # The OTLP spec's throttling: 429 when the client sends more than it may, 503 when we are overloaded.
+            status = HTTPStatus.TOO_MANY_REQUESTS if refused.throttled else HTTPStatus.SERVICE_UNAVAILABLE
+            retry_after = {"Retry-After": str(max(1, round(refused.retry_after_s)))}
+            return self._error(status, str(refused), as_json, headers=retry_after)
         self._reply(HTTPStatus.OK, self._encode(response, as_json), as_json)
 
     def _refuse(
@@ -254,13 +259,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
         if self._linger:
-            drain_after_reply(self.connection, self.server.max_body_bytes, self.server.request_timeout_s)
+            # Up to twice the limit: a body just over it is read to its end and the client hears the answer.
+            drain_after_reply(self.connection, 2 * self.server.max_body_bytes, self.server.request_timeout_s)
 
 
 class _Server(HandshakeOnConnectionThread, ThreadingHTTPServer):
     """A thread per connection, at most `max_connections` of them: one more is answered 503 and closed."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 resets connections that arrive together (many exporters).
+    request_queue_size = 128
     intake: TraceIntake
     max_body_bytes: int
     max_json_bytes: int
