@@ -134,7 +134,20 @@ def _install(dialect: str, provider: TracerProvider) -> Callable[[str], None]:
     raise SystemExit(f"unknown dialect {dialect!r}")
 
 
+def _export_live(provider: TracerProvider, logger_provider: LoggerProvider, collector: str) -> None:
+    """Spans and log records over the real OTLP/gRPC exporters to a collector."""
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=collector, insecure=True)))
+    logger_provider.add_log_record_processor(
+        SimpleLogRecordProcessor(OTLPLogExporter(endpoint=collector, insecure=True))
+    )
+
+
 def main() -> None:
+    """OUT_FILE `otlp:HOST:PORT` exports live to that collector instead, under the W3C context in
+    TRACEPARENT (as the worker hands it to an agent)."""
     dialect, base_url, out_file = sys.argv[1:4]
     # Content capture on, each instrumentor's own way (off by default in most of them).
     os.environ.setdefault("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
@@ -147,10 +160,19 @@ def main() -> None:
     logger_provider = LoggerProvider()
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(log_exporter))
     _logs.set_logger_provider(logger_provider)
+    parent = None
+    if out_file.startswith("otlp:"):
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        _export_live(provider, logger_provider, out_file.removeprefix("otlp:"))
+        parent = TraceContextTextMapPropagator().extract({"traceparent": os.environ.get("TRACEPARENT", "")})
     conversation = _install(dialect, provider)
-    with provider.get_tracer("dialect-recorder").start_as_current_span("agent run"):
+    with provider.get_tracer("dialect-recorder").start_as_current_span("agent run", context=parent):
         conversation(base_url)
     provider.force_flush()
+    logger_provider.force_flush()
+    if out_file.startswith("otlp:"):
+        return
     with open(out_file, "wb") as out:
         out.write(encode_spans(exporter.get_finished_spans()).SerializeToString())
     with open(out_file + ".logs", "wb") as out:

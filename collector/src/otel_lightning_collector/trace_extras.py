@@ -3,6 +3,7 @@ membership by trace, logs and metrics, feedback, episodes, and what is not kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -44,6 +45,7 @@ class TraceExtras:
         assembler: RolloutAssembler,
         receiver: OtlpTraceReceiver,
         config: TraceExtrasConfig,
+        workers_active: Callable[[], bool] | None = None,
     ) -> None:
         self.not_kept = NotKept()
         self.recorder = FeedbackRecorder(store, notifier)
@@ -57,7 +59,7 @@ class TraceExtras:
         )
         self.signals = SignalIntake(store, self.recorder, forward=dict(self.forwarders))
         self.feedback = FeedbackService(self.recorder)
-        self.membership = TraceMembership(store, keep_all=config.episodes)
+        self.membership = TraceMembership(store, keep_all=config.episodes, workers_active=workers_active)
         intake.keeps = self.membership.keeps
         intake.not_kept = lambda spans: self.not_kept.note(NO_ROLLOUT, spans)
         receiver.signals = self.signals
