@@ -250,6 +250,7 @@ class CollectorServer:
                 forward_to=config.forward_to,
                 forward_queue_bytes=config.forward_queue_bytes,
             ),
+            workers_active=lambda: self.task_pool.stats()["leased"] > 0,
         )
         self.extras.serve(self._server, self.http)
 
