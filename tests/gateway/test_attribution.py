@@ -1,0 +1,107 @@
+"""Which trace and which rollout a call through the gateway belongs to: the caller's `traceparent`,
+the rollout's URL and its registered route, or W3C baggage."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+from opentelemetry import baggage, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from otel_lightning import semconv
+from otel_lightning_gateway import RolloutRoute
+from tests.gateway.support import QUESTION, llm_spans, token_ids
+
+
+def _ask(base_url: str, headers: dict[str, str] | None = None) -> str:
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(model="m", messages=QUESTION, extra_headers=headers or {})
+    return reply.choices[0].message.content
+
+
+def test_a_call_with_traceparent_joins_the_callers_trace(gateway, gateway_exporter):
+    caller = TracerProvider().get_tracer("agent")
+    with caller.start_as_current_span("agent step") as step:
+        headers: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(headers)
+        _ask(gateway.base_url, headers)
+    (span,) = llm_spans(gateway_exporter)
+    assert span.context.trace_id == step.get_span_context().trace_id
+    assert span.parent.span_id == step.get_span_context().span_id
+    assert span.kind == trace.SpanKind.CLIENT
+
+
+def test_a_rollout_url_attributes_the_call_and_parents_it_under_the_rollout(gateway, gateway_exporter, vllm_stub):
+    rollout_span = TracerProvider().get_tracer("worker").start_span("lightning.rollout")
+    parent = rollout_span.get_span_context()
+    gateway.register_rollout(
+        RolloutRoute(
+            rollout_id="r-7",
+            task_id="t-7",
+            attempt=2,
+            parent=parent,
+            attributes={semconv.POLICY_VERSION: "v3", "lightning.candidate": "b"},
+            rewrite=lambda endpoint, body: (
+                {**body, "model": "candidate-b"} if endpoint == "/chat/completions" else body
+            ),
+        )
+    )
+    assert gateway.rollout_base_url("r-7") == f"http://{gateway.address}/rollout/r-7/v1"
+    assert _ask(gateway.rollout_base_url("r-7")) == "The answer is 42."
+    (span,) = llm_spans(gateway_exporter)
+    a = span.attributes
+    assert (a[semconv.ROLLOUT_ID], a[semconv.TASK_ID], a[semconv.ATTEMPT]) == ("r-7", "t-7", 2)
+    assert (a[semconv.POLICY_VERSION], a["lightning.candidate"]) == ("v3", "b")
+    assert (span.context.trace_id, span.parent.span_id) == (parent.trace_id, parent.span_id)
+    assert vllm_stub.received[-1][1]["model"] == "candidate-b" and span.name == "chat candidate-b"
+    assert semconv.GATEWAY_UNKNOWN_ROLLOUT not in a
+
+    # traceparent wins over the route's parent (the agent traces itself); the rollout stays the URL's.
+    own = TracerProvider().get_tracer("agent").start_span("agent step")
+    headers: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(headers, context=trace.set_span_in_context(own))
+    _ask(gateway.rollout_base_url("r-7"), headers)
+    second = llm_spans(gateway_exporter, 2)[1]
+    assert second.parent.span_id == own.get_span_context().span_id and second.attributes[semconv.ROLLOUT_ID] == "r-7"
+
+    gateway.unregister_rollout("r-7")
+    _ask(gateway.rollout_base_url("r-7"))
+    third = llm_spans(gateway_exporter, 3)[2]
+    assert third.attributes[semconv.GATEWAY_UNKNOWN_ROLLOUT] is True
+
+
+def test_an_unknown_rollout_is_still_served_attributed_and_counted(gateway, gateway_exporter):
+    assert _ask(gateway.rollout_base_url("never-registered")) == "The answer is 42."
+    (span,) = llm_spans(gateway_exporter)
+    assert span.attributes[semconv.ROLLOUT_ID] == "never-registered"
+    assert span.attributes[semconv.GATEWAY_UNKNOWN_ROLLOUT] is True
+    assert span.parent is None
+    assert list(span.attributes[semconv.RESPONSE_TOKEN_IDS]) == token_ids("The answer is 42.")
+    assert gateway.stats["unknown_rollouts"] == 1
+    # Other paths under a rollout URL reach the upstream too.
+    assert httpx.get(f"{gateway.rollout_base_url('never-registered')}/models", timeout=5).status_code == 200
+
+
+def test_baggage_names_the_rollout_when_the_url_does_not(gateway, gateway_exporter):
+    context = Context()
+    for key, value in (
+        (semconv.BAGGAGE_ROLLOUT_ID, "r-bag"),
+        (semconv.BAGGAGE_TASK_ID, "t-bag"),
+        (semconv.BAGGAGE_ATTEMPT, "3"),
+        (semconv.BAGGAGE_AGENT_NAME, "Math"),
+    ):
+        context = baggage.set_baggage(key, value, context)
+    headers: dict[str, str] = {}
+    W3CBaggagePropagator().inject(headers, context=context)
+    _ask(gateway.base_url, headers)
+    (span,) = llm_spans(gateway_exporter)
+    a = span.attributes
+    assert (a[semconv.ROLLOUT_ID], a[semconv.TASK_ID], a[semconv.ATTEMPT], a[semconv.AGENT_NAME]) == (
+        "r-bag",
+        "t-bag",
+        3,
+        "Math",
+    )
