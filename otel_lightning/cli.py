@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from otel_lightning.worker_cli import register as register_worker
 
     register_worker(subparsers)
+    from otel_lightning.submit_cli import register as register_submit
+
+    register_submit(subparsers)
     try:
         from otel_lightning.train.serve_cli import register as register_policy_server
     except ImportError:  # the train extra is not installed

@@ -74,11 +74,27 @@ def ensure_rollout_processor(provider: object | None = None) -> bool:
     return True
 
 
+def _auto_instrumentation_instruments_threading() -> bool:
+    """Under `opentelemetry-instrument`, whose loader instruments threading through its entry point
+    (before or after ours): doing it here too made it log "Attempting to instrument while already
+    instrumented" in every agent process."""
+    import os
+    import sys
+    from importlib.metadata import entry_points
+
+    if "opentelemetry.instrumentation.auto_instrumentation" not in sys.modules:
+        return False
+    disabled = [name.strip() for name in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")]
+    if "threading" in disabled or "*" in disabled:
+        return False
+    return any(point.name == "threading" for point in entry_points(group="opentelemetry_instrumentor"))
+
+
 def _instrument_threading() -> None:
     from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
     instrumentor = ThreadingInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
+    if not instrumentor.is_instrumented_by_opentelemetry and not _auto_instrumentation_instruments_threading():
         try:
             instrumentor.instrument()
         except Exception:  # never break the host program over context propagation

@@ -19,7 +19,7 @@ from typing import Any
 import ray
 
 from otel_lightning.worker import Worker
-from otel_lightning.worker_setup import flush_worker_tracing, load_agent, setup_worker_tracing
+from otel_lightning.worker_setup import build_worker_parts, flush_worker_tracing, setup_worker_tracing
 
 
 class WorkerActor:
@@ -35,11 +35,28 @@ class WorkerActor:
         lease_s: float,
         task_timeout_s: float,
         openai_base_url: str | None,
+        gateway: bool = True,
+        reward: str | None = None,
     ) -> None:
         setup_worker_tracing(collector)
-        agent = load_agent(command, collector=collector, openai_base_url=openai_base_url, timeout_s=task_timeout_s)
+        # Each actor has its own model gateway, as each `otel-lightning worker` process does.
+        self.parts = build_worker_parts(
+            command,
+            collector=collector,
+            openai_base_url=openai_base_url,
+            timeout_s=task_timeout_s,
+            gateway=gateway,
+            reward=reward,
+        )
         self.worker = Worker(
-            collector, agent, concurrency=concurrency, lease_s=lease_s, task_timeout_s=task_timeout_s, name=name
+            collector,
+            self.parts.agent,
+            concurrency=concurrency,
+            lease_s=lease_s,
+            task_timeout_s=task_timeout_s,
+            name=name,
+            gateway=self.parts.gateway,
+            reward=self.parts.reward,
         )
         self.thread = self.worker.start_in_thread()
 
@@ -50,6 +67,8 @@ class WorkerActor:
         """Finish the rollouts in progress, export their spans, and return the counts."""
         self.worker.stop()
         self.thread.join()
+        if self.parts.gateway is not None:
+            self.parts.gateway.stop()
         flush_worker_tracing()
         return self.stats()
 
@@ -65,6 +84,8 @@ class RayWorkerFleet:
         lease_s: float = 60.0,
         task_timeout_s: float = 600.0,
         openai_base_url: str | None = None,
+        gateway: bool = True,
+        reward: str | None = None,
         num_cpus_per_worker: float = 1.0,
         runtime_env: dict[str, Any] | None = None,
     ) -> None:
@@ -76,6 +97,8 @@ class RayWorkerFleet:
             "lease_s": lease_s,
             "task_timeout_s": task_timeout_s,
             "openai_base_url": openai_base_url,
+            "gateway": gateway,
+            "reward": reward,
         }
         self.actor_options = {"num_cpus": num_cpus_per_worker, **({"runtime_env": runtime_env} if runtime_env else {})}
         self.actors: list[Any] = []

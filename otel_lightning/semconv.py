@@ -104,3 +104,8 @@ GATEWAY_RESPONSES_VIA_CHAT = "lightning.gateway.responses_via_chat"
 # LLM spans and every span in baggage scope. Baggage key and attribute are one name.
 CANDIDATE = "lightning.candidate"
 BAGGAGE_CANDIDATE = CANDIDATE
+
+# --- agents run by the worker (otel_lightning/worker.py, issue 12) -------------------------------
+# Set to "false" (the worker does, for its agents) to keep agent frameworks from uploading their own traces
+# to their vendor (the OpenAI Agents SDK's default exporter: ~3 s per process offline); our spans stay.
+ENV_VENDOR_TRACE_UPLOAD = "LIGHTNING_VENDOR_TRACE_UPLOAD"

@@ -5,9 +5,14 @@ Two ways, neither touching the agent's code:
 - in-process: `Worker(collector, run)` where `run(task_input)` is a plain sync or async function;
   `concurrency` rollouts at once (sync functions run in threads).
 - subprocess: `SubprocessAgent(["python", "my_agent.py"])` runs a command per task, with the task
-  input on stdin and in `LIGHTNING_TASK`, the rollout context in `TRACEPARENT`/`BAGGAGE`, and
-  auto-instrumentation on (`opentelemetry-instrument`). Exit code, stderr tail and timeout decide
-  how the rollout ends.
+  input on stdin and in `LIGHTNING_TASK` (JSON; a string task as the plain string), the rollout
+  context in `TRACEPARENT`/`BAGGAGE`, and auto-instrumentation on (`opentelemetry-instrument`).
+  `python` is this worker's interpreter. Exit code, stderr tail and timeout decide how the rollout ends.
+
+With a `WorkerGateway` (the CLI's default) each rollout's model calls go through the worker's model
+gateway at a URL of the rollout's own, which records them with their exact token ids: nothing in the
+agent needs OpenTelemetry. With a reward function (`--reward`), each rollout is scored after the agent
+returns, inside the rollout.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ import grpc
 from otel_lightning import semconv
 from otel_lightning.auto import environment_for_current_context
 from otel_lightning.context import policy_version_scope, rollout
+from otel_lightning.reward_function import RewardFunctionError, RolloutRewardFunction
 from otel_lightning.task_client import TaskPoolClient
+from otel_lightning.worker_gateway import WorkerGateway
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,21 @@ def _opentelemetry_instrument() -> str:
     return found
 
 
+def _this_interpreter(command: Sequence[str]) -> list[str]:
+    """`python` (or python3, python3.X) is the worker's own interpreter: its environment has the
+    instrumentors, whether or not the virtual environment is activated in the shell."""
+    command = list(command)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if command and command[0] in ("python", "python3", version):
+        command[0] = sys.executable
+    return command
+
+
+def task_text(task_input: Any) -> str:
+    """What the agent reads from stdin and LIGHTNING_TASK: a string task as it is, anything else as JSON."""
+    return task_input if isinstance(task_input, str) else json.dumps(task_input)
+
+
 @dataclass
 class SubprocessAgent:
     command: Sequence[str]
@@ -62,19 +84,23 @@ class SubprocessAgent:
     auto_instrument: bool = True
     env: dict[str, str] = field(default_factory=dict)
 
-    def __call__(self, task_input: Any, openai_base_url: str | None = None) -> str:
-        """Run the command for one task; `openai_base_url` (the task's own) overrides the default."""
-        payload = json.dumps(task_input)
+    def __call__(self, task_input: Any, openai_base_url: str | None = None, *, through_gateway: bool = False) -> str:
+        """Run the command for one task; `openai_base_url` (the task's own, or its gateway URL) overrides the
+        default. Through the gateway the agent's client need not ask for token ids: the gateway does."""
+        payload = task_text(task_input)
         env = {**os.environ, **self.env, ENV_TASK: payload, **environment_for_current_context()}
+        # The Agents SDK's upload of its traces to OpenAI: seconds per rollout offline, of no use here.
+        env.setdefault(semconv.ENV_VENDOR_TRACE_UPLOAD, "false")
         base_url = openai_base_url or self.openai_base_url
         if base_url:
             env["OPENAI_BASE_URL"] = base_url
             env.setdefault("OPENAI_API_KEY", "otel-lightning")
-            env.setdefault(semconv.ENV_REQUEST_TOKEN_IDS, "true")
+            if not through_gateway:
+                env.setdefault(semconv.ENV_REQUEST_TOKEN_IDS, "true")
         if self.collector:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.collector}"
             env.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")
-        command = list(self.command)
+        command = _this_interpreter(self.command)
         if self.auto_instrument:
             command = [_opentelemetry_instrument(), *command]
         try:
@@ -106,9 +132,13 @@ class Worker:
         lease_s: float = 60.0,
         task_timeout_s: float = 600.0,
         name: str | None = None,
+        gateway: WorkerGateway | None = None,
+        reward: RolloutRewardFunction | None = None,
     ) -> None:
         self.pool = TaskPoolClient(collector)
         self.agent = agent
+        self.gateway = gateway
+        self.reward = reward
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.task_timeout_s = task_timeout_s
@@ -155,7 +185,18 @@ class Worker:
                 if lease.policy_version:  # before the rollout, so its root span carries it too
                     scopes.enter_context(policy_version_scope(lease.policy_version))
                 scopes.enter_context(rollout(lease.task_id, attempt=lease.attempt, rollout_id=lease.rollout_id))
-                await asyncio.wait_for(self._call_agent(task_input, lease.openai_base_url), self.task_timeout_s)
+                base_url, through_gateway = lease.openai_base_url or None, False
+                if self.gateway is not None:
+                    routed = scopes.enter_context(self.gateway.rollout_route(lease, base_url))
+                    base_url, through_gateway = (routed, True) if routed else (base_url, False)
+                output = await asyncio.wait_for(
+                    self._call_agent(task_input, base_url, through_gateway), self.task_timeout_s
+                )
+                if self.reward is not None:
+                    await self.reward.record(task_input, output)
+        except RewardFunctionError as error:  # the agent ran; its rollout cannot be scored
+            status, error_type, error_message = "failed", type(error).__qualname__, str(error)
+            logger.warning("task %s rollout %s: %s", lease.task_id, lease.rollout_id, error, exc_info=error.__cause__)
         except Exception as error:  # the agent's failure is the rollout's outcome, not the worker's
             # TimeoutError: from wait_for (task_timeout_s) or from the agent itself (a subprocess's limit).
             status = "timeout" if isinstance(error, TimeoutError) else "failed"
@@ -173,10 +214,13 @@ class Worker:
             self.stats.lost_leases += 1
             logger.warning("lease of task %s expired before it completed; the pool requeued it", lease.task_id)
 
-    async def _call_agent(self, task_input: Any, openai_base_url: str) -> Any:
+    async def _call_agent(self, task_input: Any, openai_base_url: str | None, through_gateway: bool) -> Any:
         if isinstance(self.agent, SubprocessAgent):
-            return await asyncio.to_thread(self.agent, task_input, openai_base_url or None)
-        if openai_base_url and not self._warned_base_url:
+            return await asyncio.to_thread(
+                self.agent, task_input, openai_base_url or None, through_gateway=through_gateway
+            )
+        if openai_base_url and not through_gateway and not self._warned_base_url:
+            # (Through the gateway the task's server is reached by its route.)
             # An in-process agent's OpenAI client was made from this process's environment.
             self._warned_base_url = True
             logger.warning(

@@ -1,6 +1,7 @@
 """`otel-lightning worker`: run an agent for each task of a collector's pool.
 
 otel-lightning worker --collector 127.0.0.1:4317 --openai-base-url URL -- python my_agent.py
+otel-lightning worker --collector 127.0.0.1:4317 --openai-base-url URL --reward my_rewards:correct -- node agent.js
 otel-lightning worker --collector 127.0.0.1:4317 --concurrency 8 my_agent:run
 otel-lightning worker --collector 10.0.0.5:4317 --ray 16 my_agent:run     # 16 Ray actors
 """
@@ -22,6 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=os.environ.get("LIGHTNING_POLICY_URL"),
         help="the policy server the agent's OpenAI client should use (env LIGHTNING_POLICY_URL)",
     )
+    parser.add_argument(
+        "--no-gateway",
+        dest="gateway",
+        action="store_false",
+        help="do not put a model gateway in front of the model server (then only agents instrumented with"
+        " OpenTelemetry give token ids, and only when their client asks the server for them)",
+    )
+    parser.add_argument(
+        "--reward",
+        metavar="MODULE:FUNCTION",
+        default=None,
+        help="called as FUNCTION(task_input, output) after each rollout (output: the command's stdout, or the"
+        " agent function's return value); its number, or dict of named numbers, is the rollout's reward",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a rollout may take")
     parser.add_argument("--lease", type=float, default=60.0, help="lease length; heartbeats renew it")
     parser.add_argument(
@@ -42,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from otel_lightning.worker import Worker
-    from otel_lightning.worker_setup import load_agent, setup_worker_tracing
+    from otel_lightning.worker_setup import build_worker_parts, setup_worker_tracing
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = args.agent[1:] if args.agent[:1] == ["--"] else args.agent
@@ -51,9 +66,22 @@ def _run(args: argparse.Namespace) -> int:
     if args.ray:
         return _run_on_ray(args, command)
     setup_worker_tracing(args.collector)
-    agent = load_agent(command, collector=args.collector, openai_base_url=args.openai_base_url, timeout_s=args.timeout)
+    parts = build_worker_parts(
+        command,
+        collector=args.collector,
+        openai_base_url=args.openai_base_url,
+        timeout_s=args.timeout,
+        gateway=args.gateway,
+        reward=args.reward,
+    )
     worker = Worker(
-        args.collector, agent, concurrency=args.concurrency, lease_s=args.lease, task_timeout_s=args.timeout
+        args.collector,
+        parts.agent,
+        concurrency=args.concurrency,
+        lease_s=args.lease,
+        task_timeout_s=args.timeout,
+        gateway=parts.gateway,
+        reward=parts.reward,
     )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     try:
@@ -61,6 +89,9 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         worker.stop()
         stats = worker.stats
+    finally:
+        if parts.gateway is not None:
+            parts.gateway.stop()
     print(f"worker done: {stats.succeeded} succeeded, {stats.failed} failed, {stats.lost_leases} leases lost")
     return 0
 
@@ -82,6 +113,8 @@ def _run_on_ray(args: argparse.Namespace, command: list[str]) -> int:
         lease_s=args.lease,
         task_timeout_s=args.timeout,
         openai_base_url=args.openai_base_url,
+        gateway=args.gateway,
+        reward=args.reward,
     ).start()
     print(f"{args.ray} Ray worker actor(s) claiming tasks from {args.collector}; Ctrl-C stops them", flush=True)
     stopped = threading.Event()

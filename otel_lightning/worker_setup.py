@@ -6,10 +6,14 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from otel_lightning.channels import ENV_TLS_CA
+from otel_lightning.loading import LoadError, load_callable
+from otel_lightning.reward_function import RolloutRewardFunction
+from otel_lightning.worker_gateway import WorkerGateway
 
 
 def setup_worker_tracing(collector: str) -> None:
@@ -55,7 +59,10 @@ def is_function_spec(command: Sequence[str]) -> bool:
 
 
 def load_agent(command: Sequence[str], *, collector: str, openai_base_url: str | None, timeout_s: float) -> Any:
-    """`["my_agent:run"]`: that function, in this process; anything else: a command run per task."""
+    """`["my_agent:run"]`: that function, in this process; anything else: a command run per task.
+
+    An in-process agent's OpenAI client reads OPENAI_BASE_URL when it is made: `openai_base_url` (the
+    gateway's, when there is one) is set before the agent's module is imported."""
     from otel_lightning.worker import SubprocessAgent
 
     if is_function_spec(command):
@@ -67,3 +74,40 @@ def load_agent(command: Sequence[str], *, collector: str, openai_base_url: str |
         sys.path.insert(0, os.getcwd())
         return getattr(importlib.import_module(module), attribute)
     return SubprocessAgent(list(command), timeout_s=timeout_s, openai_base_url=openai_base_url, collector=collector)
+
+
+@dataclass
+class WorkerParts:
+    agent: Any
+    gateway: WorkerGateway | None
+    reward: RolloutRewardFunction | None
+
+
+def build_worker_parts(
+    command: Sequence[str],
+    *,
+    collector: str,
+    openai_base_url: str | None,
+    timeout_s: float,
+    gateway: bool = True,
+    reward: str | None = None,
+) -> WorkerParts:
+    """The agent, the model gateway in front of the model server (unless `gateway` is False) and the
+    reward function (`MODULE:FUNCTION`), as `otel-lightning worker` and its Ray actors use them."""
+    reward_function = None
+    if reward:
+        try:
+            reward_function = RolloutRewardFunction(load_callable(reward, "reward function"), name=reward)
+        except LoadError as error:
+            raise SystemExit(str(error)) from None
+    worker_gateway = None
+    if gateway:
+        # In front of the worker's model server, else the one the environment names; tasks may name their own.
+        worker_gateway = WorkerGateway(openai_base_url or os.environ.get("OPENAI_BASE_URL")).start()
+    # In-process agents share this process's OPENAI_BASE_URL: the gateway's (calls attributed by their
+    # W3C headers, which the OpenAI instrumentor sends); subprocess agents get a URL per rollout.
+    agent_base_url = (worker_gateway.base_url if worker_gateway else None) or openai_base_url
+    agent = load_agent(command, collector=collector, openai_base_url=agent_base_url, timeout_s=timeout_s)
+    if worker_gateway is not None and not is_function_spec(command):
+        agent.openai_base_url = openai_base_url  # a rollout's URL comes from its gateway route
+    return WorkerParts(agent, worker_gateway, reward_function)

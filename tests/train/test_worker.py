@@ -13,6 +13,10 @@ from otel_lightning.testing.openai_stub import StubOpenAIServer
 from otel_lightning.worker import SubprocessAgent, Worker
 from tests.support import rollouts, transitions, wait_for_rollouts
 
+# The dev environment has every framework's and vendor's instrumentor installed (to test composing with them);
+# a user's agent has ours. Those others cost each agent seconds of imports on a loaded 2-core machine.
+ONLY_OURS = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "openai,openai_agents,langchain,autogen_agentchat"}
+
 AGENT = textwrap.dedent(
     """
     import json, os, sys, time
@@ -27,7 +31,7 @@ AGENT = textwrap.dedent(
         print("something broke in the agent", file=sys.stderr)
         sys.exit(3)
     if task["mode"] == "hang":
-        time.sleep(30)
+        time.sleep(120)
     client = openai.OpenAI()
     reply = client.chat.completions.create(model="stub", messages=[{"role": "user", "content": task["question"]}])
     ol.emit_reward(float("42" in reply.choices[0].message.content))
@@ -52,7 +56,12 @@ def test_subprocess_agent_outcomes_become_rollout_statuses(collector, otlp_expor
     script = tmp_path / "agent.py"
     script.write_text(AGENT)
     agent = SubprocessAgent(
-        [sys.executable, str(script)], timeout_s=10, openai_base_url=openai_stub.base_url, collector=collector.address
+        # 25 s: an agent under opentelemetry-instrument takes seconds to start on a loaded 2-core machine.
+        [sys.executable, str(script)],
+        timeout_s=25,
+        openai_base_url=openai_stub.base_url,
+        collector=collector.address,
+        env=ONLY_OURS,
     )
     worker = Worker(collector.address, agent, concurrency=3, lease_s=30)
     pool = TaskPoolClient(collector.address)
@@ -67,7 +76,7 @@ def test_subprocess_agent_outcomes_become_rollout_statuses(collector, otlp_expor
     assert "exited with code 3" in samples["crash"]["error"]
     assert "something broke in the agent" in samples["crash"]["error"]
     assert samples["hang"]["status"] == "timeout"
-    assert "ran past 10s" in samples["hang"]["error"]  # the subprocess limit, not the worker's
+    assert "ran past 25s" in samples["hang"]["error"]  # the subprocess limit, not the worker's
 
     events = wait_for_rollouts(collector.address, 3)
     by_task = {r.task_id: r for r in rollouts(events)}
@@ -147,7 +156,7 @@ def test_a_tasks_policy_version_is_recorded_unless_the_server_names_one(
     script = tmp_path / "agent.py"
     script.write_text(AGENT)
     with StubOpenAIServer(policy_version=server_reports) as model_server:
-        agent = SubprocessAgent([sys.executable, str(script)], timeout_s=30, collector=collector.address)
+        agent = SubprocessAgent([sys.executable, str(script)], timeout_s=30, collector=collector.address, env=ONLY_OURS)
         worker = Worker(collector.address, agent, concurrency=1)
         pool = TaskPoolClient(collector.address)
         pool.submit(

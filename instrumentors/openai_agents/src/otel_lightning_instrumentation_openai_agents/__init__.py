@@ -28,6 +28,7 @@ from otel_lightning import ensure_rollout_processor
 from otel_lightning.lazy_patches import LazyPatches, Patch
 from otel_lightning_instrumentation_openai_agents.package import _instruments
 from otel_lightning_instrumentation_openai_agents.processor import LightningTracingProcessor
+from otel_lightning_instrumentation_openai_agents.vendor_upload import no_vendor_upload_patches, vendor_upload_enabled
 from otel_lightning_instrumentation_openai_agents.version import __version__
 
 SCOPE_NAME = __name__
@@ -60,6 +61,7 @@ class OpenAIAgentsInstrumentor(BaseInstrumentor):
 
     _processor: LightningTracingProcessor | None = None
     _patches: LazyPatches | None = None
+    _vendor_patches: LazyPatches | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
@@ -79,6 +81,9 @@ class OpenAIAgentsInstrumentor(BaseInstrumentor):
         )
         patches.apply()
         type(self)._processor, type(self)._patches = processor, patches
+        if not vendor_upload_enabled():  # LIGHTNING_VENDOR_TRACE_UPLOAD=false: the worker's agents
+            type(self)._vendor_patches = no_vendor_upload_patches()
+            type(self)._vendor_patches.apply()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         processor, type(self)._processor = type(self)._processor, None
@@ -87,6 +92,9 @@ class OpenAIAgentsInstrumentor(BaseInstrumentor):
         patches, type(self)._patches = type(self)._patches, None
         if patches is not None:
             patches.remove()
+        vendor_patches, type(self)._vendor_patches = type(self)._vendor_patches, None
+        if vendor_patches is not None:
+            vendor_patches.remove()
 
 
 __all__ = ["OpenAIAgentsInstrumentor", "__version__"]
