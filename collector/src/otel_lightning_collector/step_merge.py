@@ -14,7 +14,9 @@ How the spans of one call are found:
   input messages; else, when exactly one client span contains it in time, to that one. The client
   span stays the step (its place in the agent's tree, its agent) and takes the gateway's token ids,
   logprobs and policy version (and messages where it has none). An unmatched gateway span is a step
-  of its own (an agent with no tracing at all).
+  of its own (an agent with no tracing at all). Two client layers side by side (OpenInference's
+  LangChain span beside our OpenAI client's: its spans are not made current) pair the same way;
+  the inner one in time stays and takes what it lacks from the outer.
 """
 
 from __future__ import annotations
@@ -99,36 +101,55 @@ def _contains(outer: Span, inner: Span) -> bool:
     )
 
 
-def _match(gateway: Step, clients: list[Step]) -> Step | None:
-    same_trace = [c for c in clients if c.span.trace_id == gateway.span.trace_id]
-    if gateway.step.response_id:
-        for client in same_trace:
-            if client.step.response_id == gateway.step.response_id:
-                return client
-    around = [c for c in same_trace if _contains(c.span, gateway.span)]
-    same_request = [c for c in around if c.step.input_messages and c.step.input_messages == gateway.step.input_messages]
+def _match(inner: Step, candidates: list[Step]) -> Step | None:
+    """The step of the same call as `inner` among the others: same response id; else, among those
+    whose time interval contains inner's, the one with the same input messages, else the only one."""
+    same_trace = [c for c in candidates if c.span.trace_id == inner.span.trace_id]
+    if inner.step.response_id:
+        for candidate in same_trace:
+            if candidate.step.response_id == inner.step.response_id:
+                return candidate
+    around = [c for c in same_trace if _contains(c.span, inner.span)]
+    same_request = [c for c in around if c.step.input_messages and c.step.input_messages == inner.step.input_messages]
     if same_request:
         return min(same_request, key=lambda c: c.span.end_time_unix_nano - c.span.start_time_unix_nano)
     return around[0] if len(around) == 1 else None
 
 
+def _duration(step: Step) -> int:
+    return step.span.end_time_unix_nano - step.span.start_time_unix_nano
+
+
 def _merge_siblings(steps: list[Step]) -> list[Step]:
-    gateways = [step for step in steps if step.is_gateway]
-    if not gateways:
-        return steps
-    clients = [step for step in steps if not step.is_gateway]
-    taken: set[bytes] = set()
-    merged: set[bytes] = set()
-    for gateway in gateways:
-        client = _match(gateway, [c for c in clients if c.span.span_id not in taken])
-        if client is None:
+    """Spans of one call that are not nested: the gateway's beside the client's (the client's stays,
+    with the gateway's token ids), or two client layers recorded side by side (a framework's LLM span
+    and the OpenAI client's, when the framework's instrumentation does not make its span current:
+    the inner one in time stays, taking what it lacks from the outer). Each span joins one other."""
+    gone: set[bytes] = set()
+    paired: set[bytes] = set()
+    # Gateways first (their match by response id is exact); then client layers, innermost first.
+    order = sorted(steps, key=lambda s: (not s.is_gateway, _duration(s)))
+    for inner in order:
+        if inner.span.span_id in paired:
             continue
-        _take_tokens(client.step, gateway.step)
-        _fill(client.step, gateway.step)
-        taken.add(client.span.span_id)
-        merged.add(gateway.span.span_id)
-    # The gateway spans that were merged leave; their clients stay as the steps.
-    return [step for step in steps if step.span.span_id not in merged]
+        others = [s for s in steps if s is not inner and s.span.span_id not in paired and not s.is_gateway]
+        if not inner.is_gateway:
+            # A client layer pairs only with a longer one that contains it (not with the gateway's).
+            others = [s for s in others if _duration(s) > _duration(inner) or s.span.span_id > inner.span.span_id]
+        outer = _match(inner, others)
+        if outer is None:
+            continue
+        if inner.is_gateway:
+            _take_tokens(outer.step, inner.step)
+            _fill(outer.step, inner.step)
+            gone.add(inner.span.span_id)
+        else:
+            if outer.is_gateway or (outer.step.has_token_ids and not inner.step.has_token_ids):
+                _take_tokens(inner.step, outer.step)
+            _fill(inner.step, outer.step)
+            gone.add(outer.span.span_id)
+        paired.update((inner.span.span_id, outer.span.span_id))
+    return [step for step in steps if step.span.span_id not in gone]
 
 
 def one_step_per_call(steps: list[Step], spans: list[Span]) -> list[Step]:
