@@ -113,6 +113,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " refused with a retryable error and what is stored is kept (env LIGHTNING_MAX_STORE_MB)",
     )
     parser.add_argument(
+        "--memory-limit-mb",
+        type=float,
+        default=float(_env("LIGHTNING_MEMORY_LIMIT_MB", "2048")),
+        help="soft limit on the collector's resident memory, in MB: above it exports are refused with a retryable"
+        " error until the acknowledged backlog is indexed; 0: none (env LIGHTNING_MEMORY_LIMIT_MB; default 2048)",
+    )
+    parser.add_argument(
         "--max-attempts",
         type=int,
         default=int(_env("LIGHTNING_MAX_ATTEMPTS", "3")),
@@ -260,6 +267,7 @@ def _start(args: argparse.Namespace) -> tuple[CollectorServer, CollectorConfig]:
         durability=args.durability,
         max_attempts=args.max_attempts,
         max_store_bytes=int(args.max_store_mb * 1024 * 1024) or None,
+        memory_limit_bytes=int(args.memory_limit_mb * 1024 * 1024) or None,
         require_reward=args.require_reward,
         episodes=args.episodes,
         episode_idle_s=args.episode_idle_s,

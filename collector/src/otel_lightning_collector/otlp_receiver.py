@@ -6,7 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_lightning_collector.trace_intake import ExportRefusedError, IntakeCounters, TraceIntake
@@ -20,10 +23,28 @@ OTHER_SIGNAL_SERVICES = (
 )
 
 
+def refused_status(refused: ExportRefusedError) -> grpc.Status:
+    """The gRPC status of a refused export: its code, reason and a RetryInfo detail (in the status
+    details, as the Collector's exporters read it, and as `google.rpc.retryinfo-bin`, where the
+    OpenTelemetry Python exporter looks)."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(refused.retry_after_s * 1e9))
+    retry_info = error_details_pb2.RetryInfo(retry_delay=delay)
+    detail = any_pb2.Any()
+    detail.Pack(retry_info)
+    code = code_pb2.RESOURCE_EXHAUSTED if refused.throttled else code_pb2.UNAVAILABLE
+    status = rpc_status.to_status(status_pb2.Status(code=code, message=str(refused), details=[detail]))
+    return status._replace(
+        trailing_metadata=(*status.trailing_metadata, ("google.rpc.retryinfo-bin", retry_info.SerializeToString()))
+    )
+
+
 class OtlpTraceReceiver:
     """Handles `TraceService/Export` on raw bytes, so a malformed request gets INVALID_ARGUMENT with
     the decoder's reason instead of a generic deserialization failure, and the bytes are stored
-    (and forwarded) as they came. A refused export answers UNAVAILABLE, which OTLP exporters retry.
+    (and forwarded) as they came. A refused export answers UNAVAILABLE (the collector cannot take it
+    now) or RESOURCE_EXHAUSTED (over the concurrent export limit), with RetryInfo saying when to
+    retry, as the OTLP spec's throttling asks (exporters retry RESOURCE_EXHAUSTED only with RetryInfo).
     """
 
     def __init__(self, intake: TraceIntake) -> None:
@@ -45,7 +66,7 @@ class OtlpTraceReceiver:
             try:
                 return self.intake.export(request, raw, ticket).SerializeToString()
             except ExportRefusedError as refused:
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(refused))
+                context.abort_with_status(refused_status(refused))
 
     def _ignore_other_signal(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         self.intake.count(other_signal_requests=1)
@@ -64,7 +85,7 @@ class OtlpTraceReceiver:
             try:
                 signals.export(signal, raw)
             except ExportRefusedError as refused:
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(refused))
+                context.abort_with_status(refused_status(refused))
             except ValueError as error:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             return b""

@@ -20,6 +20,7 @@ from otel_lightning_collector.auth import BearerTokenInterceptor, TokenCheck
 from otel_lightning_collector.export_activity import ExportActivity
 from otel_lightning_collector.forwarder import OtlpForwarder
 from otel_lightning_collector.indexer import SpanIndexer
+from otel_lightning_collector.memory_limiter import MemoryLimiter
 from otel_lightning_collector.metrics import CollectorMetrics
 from otel_lightning_collector.notifier import Notifier
 from otel_lightning_collector.otlp_http import HttpLimits, OtlpHttpReceiver
@@ -72,6 +73,10 @@ class CollectorConfig:
     metrics_otlp_endpoint: str | None = None
     # Acknowledged spans held in memory until indexed; beyond it exports are refused (retryable).
     max_pending_spans: int = 50_000
+    # Soft limit on the process's resident memory: above it exports are refused (retryable) until the
+    # acknowledged backlog drains (MemoryLimiter). None: no limit (a collector embedded in a trainer
+    # shares its process with the model; the CLI's --memory-limit-mb sets one).
+    memory_limit_bytes: int | None = None
     max_message_bytes: int = 64 * 1024 * 1024
     max_attempts: int = 3
     # Wait before a requeued sample can be claimed again; doubles with each attempt (at most 60 s).
@@ -146,7 +151,12 @@ class CollectorServer:
             if listen:
                 check_port_free(listen, what)
         prepare_store_path(config.store_path)
-        self.store = Store(config.store_path, synchronous=config.durability.upper(), max_bytes=config.max_store_bytes)
+        try:
+            self.store = Store(
+                config.store_path, synchronous=config.durability.upper(), max_bytes=config.max_store_bytes
+            )
+        except sqlite3.Error as error:
+            raise OSError(f"the store {config.store_path} cannot be written ({error}); check its permissions") from None
         try:
             check_writable(self.store)
             self._build(config)
@@ -180,6 +190,11 @@ class CollectorServer:
             max_concurrent_exports=config.max_concurrent_exports,
             forward=self.forwarder,
             activity=self.activity,
+            memory=(
+                MemoryLimiter(config.memory_limit_bytes, held=lambda: self.indexer.pending_spans)
+                if config.memory_limit_bytes
+                else None
+            ),
         )
         self.receiver = OtlpTraceReceiver(self.intake)
         self.stream = TransitionStreamService(self.store, self.notifier, max_streams=config.max_streams)
