@@ -93,6 +93,13 @@ _PAGE_SIZE = 65536
 _CHECKPOINT_S = 1.0
 
 
+def _rollback(connection: sqlite3.Connection) -> None:
+    # After some errors (a full disk) SQLite has rolled back already: ROLLBACK would raise "no
+    # transaction is active" and hide the error that says what happened.
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
+
+
 def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
     # SQLite limits the number of bound parameters per statement.
     return [items[start : start + size] for start in range(0, len(items), size)]
@@ -300,7 +307,7 @@ class Store:
                     self._drop_batches(batch_ids)
                     self._writer.execute("COMMIT")
                 except BaseException:
-                    self._writer.execute("ROLLBACK")
+                    _rollback(self._writer)
                     raise
             return result
         rollout_ids = list(dict.fromkeys(r.rollout_id for r in records))
@@ -337,7 +344,7 @@ class Store:
                 self._drop_batches(batch_ids)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         # A retried root of an open rollout is submitted again: completing is idempotent.
         result.ready = {rollout_id: None for rollout_id in rollout_ids if rollout_id in roots - completed}
@@ -355,7 +362,7 @@ class Store:
                 store_traces.touch_loose(db, {r.trace_id for r in loose}, now)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         return stored
 
@@ -472,7 +479,7 @@ class Store:
                     done.append(completion.rollout_id)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         return done
 
