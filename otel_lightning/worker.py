@@ -70,6 +70,11 @@ def _this_interpreter(command: Sequence[str]) -> list[str]:
     return command
 
 
+def runs_python(command: Sequence[str]) -> bool:
+    """Whether `opentelemetry-instrument` can do anything for the command (it instruments Python only)."""
+    return bool(command) and (command[0] == sys.executable or Path(command[0]).name.startswith("python"))
+
+
 def task_text(task_input: Any) -> str:
     """What the agent reads from stdin and LIGHTNING_TASK: a string task as it is, anything else as JSON."""
     return task_input if isinstance(task_input, str) else json.dumps(task_input)
@@ -101,7 +106,7 @@ class SubprocessAgent:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.collector}"
             env.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")
         command = _this_interpreter(self.command)
-        if self.auto_instrument:
+        if self.auto_instrument and runs_python(command):  # a Node agent's calls are seen by the gateway
             command = [_opentelemetry_instrument(), *command]
         try:
             done = subprocess.run(

@@ -31,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " OpenTelemetry give token ids, and only when their client asks the server for them)",
     )
     parser.add_argument(
+        "--no-auto-instrument",
+        dest="auto_instrument",
+        action="store_false",
+        help="run a Python agent command as it is, not under opentelemetry-instrument (the gateway still records"
+        " its model calls; the agent's own structure, tools and agents, is not traced)",
+    )
+    parser.add_argument(
         "--reward",
         metavar="MODULE:FUNCTION",
         default=None,
@@ -73,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         gateway=args.gateway,
         reward=args.reward,
+        auto_instrument=args.auto_instrument,
     )
     worker = Worker(
         args.collector,

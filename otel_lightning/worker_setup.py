@@ -91,6 +91,7 @@ def build_worker_parts(
     timeout_s: float,
     gateway: bool = True,
     reward: str | None = None,
+    auto_instrument: bool = True,
 ) -> WorkerParts:
     """The agent, the model gateway in front of the model server (unless `gateway` is False) and the
     reward function (`MODULE:FUNCTION`), as `otel-lightning worker` and its Ray actors use them."""
@@ -108,6 +109,8 @@ def build_worker_parts(
     # W3C headers, which the OpenAI instrumentor sends); subprocess agents get a URL per rollout.
     agent_base_url = (worker_gateway.base_url if worker_gateway else None) or openai_base_url
     agent = load_agent(command, collector=collector, openai_base_url=agent_base_url, timeout_s=timeout_s)
-    if worker_gateway is not None and not is_function_spec(command):
-        agent.openai_base_url = openai_base_url  # a rollout's URL comes from its gateway route
+    if not is_function_spec(command):
+        agent.auto_instrument = auto_instrument
+        if worker_gateway is not None:
+            agent.openai_base_url = openai_base_url  # a rollout's URL comes from its gateway route
     return WorkerParts(agent, worker_gateway, reward_function)
