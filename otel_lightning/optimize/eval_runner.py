@@ -171,15 +171,61 @@ def embedded_collector() -> Iterator[str]:
             yield server.address
 
 
+class _ExportSwitch:
+    """The span processor of the provider an evaluation installs: exports to the collector of the current run
+    (a process may evaluate several times, against different collectors)."""
+
+    def __init__(self) -> None:
+        self.current: Any = None
+        self.collector: str | None = None
+
+    def point_at(self, collector: str) -> None:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        if collector == self.collector:
+            return
+        previous = self.current
+        self.current = BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=f"http://{collector}", insecure=True), schedule_delay_millis=200
+        )
+        self.collector = collector
+        if previous is not None:
+            previous.shutdown()
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if self.current is not None:
+            self.current.on_start(span, parent_context)
+
+    def on_end(self, span: Any) -> None:
+        if self.current is not None:
+            self.current.on_end(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.current.force_flush(timeout_millis) if self.current is not None else True
+
+    def shutdown(self) -> None:
+        if self.current is not None:
+            self.current.shutdown()
+
+
+_EXPORT_SWITCH: _ExportSwitch | None = None
+
+
 def _ensure_tracing(collector: str) -> None:
-    """The worker's rollout spans go through the global provider: export it to the collector unless this
-    process configured tracing already (tests, `opentelemetry-instrument`)."""
+    """The worker's rollout spans go through the global provider: unless this process configured tracing
+    itself (tests, `opentelemetry-instrument`), install one that exports to this run's collector."""
+    global _EXPORT_SWITCH
     from opentelemetry.sdk.trace import TracerProvider
 
-    from otel_lightning.worker_setup import setup_worker_tracing
-
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        setup_worker_tracing(collector)
+    if _EXPORT_SWITCH is None:
+        if isinstance(trace.get_tracer_provider(), TracerProvider):
+            return
+        _EXPORT_SWITCH = _ExportSwitch()
+        provider = TracerProvider()
+        provider.add_span_processor(_EXPORT_SWITCH)
+        trace.set_tracer_provider(provider)
+    _EXPORT_SWITCH.point_at(collector)
 
 
 def _gateway_tracing(collector: str) -> tuple[Any, CallStatsProcessor]:

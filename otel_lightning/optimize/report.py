@@ -47,6 +47,8 @@ def summarize(run: EvalRun) -> dict[str, Any]:
                 "failed_calls": sum(c.error for c in calls),
                 "mean_tokens_per_call": mean([c.input_tokens + c.output_tokens for c in calls]),
                 "p50_latency_ms": (p50 * 1000) if (p50 := percentile([c.latency_s for c in calls], 50)) else None,
+                # Which weights answered (policy servers report their version in every response).
+                "policy_versions": sorted({t.policy_version for r in mine for t in r.transitions if t.policy_version}),
                 "problem": run.problems.get(candidate.name),
                 "errors": [{"error": text, "rollouts": count} for text, count in errors.most_common(5)],
             }
