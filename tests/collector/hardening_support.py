@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -26,7 +27,8 @@ def rollout_request(rollout_id: str) -> bytes:
 class Collector(ChildProcess):
     """`otel-lightning collector` with gRPC and OTLP/HTTP on free loopback ports."""
 
-    def __init__(self, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp_path: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+        self.log = log
         self.grpc_port, self.http_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.grpc_port}"
         self.store = tmp_path / "store" / "c.db"
@@ -40,7 +42,11 @@ class Collector(ChildProcess):
         self.good = 0
 
     def start(self) -> Collector:
-        super().start()
+        if self.log is None:
+            super().start()
+        else:  # its log kept, to check what it said
+            with self.log.open("w") as log:
+                self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         channel = grpc.insecure_channel(self.address)
         try:
             grpc.channel_ready_future(channel).result(timeout=60)
@@ -135,12 +141,14 @@ class GoodExporter:
         return self
 
     def _run(self) -> None:
-        while not self._done.wait(0.1):
+        while True:
             try:
                 self.collector.good_export(timeout_s=1.0)
                 self.served += 1
             except grpc.RpcError as error:
                 self.failures.append(f"{error.code()}: {error.details()}")
+            if self._done.wait(0.1):
+                return
 
     def __exit__(self, *exc_info: object) -> None:
         self._done.set()
