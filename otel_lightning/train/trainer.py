@@ -196,7 +196,9 @@ class GRPOTrainer:
                 continue  # a group whose rollouts all scored the same carries no signal
             for transition in record.transitions:
                 if not transition.response_token_ids:
-                    continue  # no exact token ids: never re-tokenise text
+                    # No exact token ids: never re-tokenise text; counted and said (never silently skipped).
+                    stats["skipped_without_token_ids"] = stats.get("skipped_without_token_ids", 0) + 1
+                    continue
                 ids, mask = sequence_with_mask(list(transition.prompt_token_ids), list(transition.response_token_ids))
                 sequences.append(ids)
                 masks.append(mask)
@@ -204,6 +206,12 @@ class GRPOTrainer:
                 logprobs = list(transition.response_logprobs)
                 old.append(logprobs if len(logprobs) == len(transition.response_token_ids) else None)
         stats["sequences"] = len(sequences)
+        if stats.get("skipped_without_token_ids"):
+            logger.warning(
+                "%d transition(s) skipped: no token ids (their rollouts say why: steps_without_token_ids);"
+                " run the agents through the model gateway (`otel-lightning worker` starts one by default)",
+                stats["skipped_without_token_ids"],
+            )
         if not sequences:
             return {**stats, "loss": 0.0}
         with self.policy.lock:

@@ -60,8 +60,10 @@ def _logprobs_of(transition: pb.Transition) -> list[float] | None:
 def _single_call(transition: pb.Transition) -> Trajectory:
     if not transition.prompt_token_ids or not transition.response_token_ids:
         raise MissingTokenIdsError(
-            f"transition {transition.step} of rollout {transition.rollout_id} has no token ids; the model server must"
-            " return them (vLLM: `return_token_ids`, which the worker asks for through LIGHTNING_REQUEST_TOKEN_IDS)"
+            f"transition {transition.step} of rollout {transition.rollout_id} has no token ids (no span of that"
+            " model call carried them: the agent's instrumentation records none, or the model server was not asked);"
+            " run the agent through the model gateway (`otel-lightning worker` starts one by default; do not pass"
+            " --no-gateway), which asks vLLM for `return_token_ids` on every call whatever the client"
         )
     response = list(transition.response_token_ids)
     return Trajectory(
