@@ -25,8 +25,8 @@ from otel_lightning.v1 import status_pb2, status_pb2_grpc, tasks_pb2, tasks_pb2_
 from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning_collector.store import Store
 from otel_lightning_collector.task_pool import MAX_TASK_BYTES
-from tests.collector.hardening_support import MB, Collector, GoodExporter, rollout_request
-from tests.support import free_port, wait_until
+from tests.collector.hardening_support import MB, Collector, GoodExporter, PeakRss, post_head, raw_http, rollout_request
+from tests.support import SpanFactory, export_request, free_port, wait_until
 
 SUBSCRIBE = "/otel_lightning.v1.TransitionStream/Subscribe"
 
@@ -281,8 +281,6 @@ def test_store_files_are_private_and_the_cap_counts_the_wal(tmp_path):
 
 
 def big_request(n: int) -> bytes:
-    from tests.support import SpanFactory, export_request
-
     spans = SpanFactory(rollout_id=f"big-{n}", task_id="big")
     return export_request(spans.llm("p" * 200_000, "a"), spans.reward(1.0), spans.root()).SerializeToString()
 
@@ -320,3 +318,38 @@ def test_many_streams_come_and_go_without_growth(collector):
     channel.close()
     assert wait_until(lambda: collector.threads() <= before[0] + 2, 10), (before, collector.threads())
     assert collector.fds() <= before[1] + 4, (before, collector.fds())
+
+
+def many_spans_request(count: int) -> bytes:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    spans = SpanFactory(rollout_id="huge", task_id="huge")
+    request = ExportTraceServiceRequest.FromString(
+        export_request(spans.llm("q", "a"), spans.root()).SerializeToString()
+    )
+    scope = request.resource_spans[0].scope_spans[0]
+    template = scope.spans[0]
+    for n in range(count - len(scope.spans)):
+        span = scope.spans.add()
+        span.CopyFrom(template)
+        span.span_id = (n + 1000).to_bytes(8, "big")
+    return request.SerializeToString()
+
+
+def test_a_request_of_more_spans_than_the_backlog_is_refused_for_good(tmp_path):
+    """Before: 1,000,001 spans went past the 50k backlog bound (1.5 GB RSS, other exporters refused 26 s)."""
+    server = Collector(tmp_path, "--max-pending-spans", "1000").start()
+    try:
+        raw = many_spans_request(1001)
+        with GoodExporter(server), PeakRss(server.psutil) as rss:
+            with pytest.raises(grpc.RpcError) as refused:
+                server.export(raw, timeout=10)
+            status, _ = raw_http(server.http_port, post_head(server.http_port, Content_Length=str(len(raw))), raw)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "the request has 1001 spans; the collector takes at most 1000" in refused.value.details()
+        assert status == 413
+        assert rss.growth_mb < 100
+        server.export(many_spans_request(1000), timeout=10)  # at the bound: taken
+        assert server.wait_for_good_rollouts()
+    finally:
+        server.stop()

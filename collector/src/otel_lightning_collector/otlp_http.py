@@ -36,7 +36,7 @@ from otel_lightning_collector.http_limits import (
     read_body,
 )
 from otel_lightning_collector.tls import HandshakeOnConnectionThread
-from otel_lightning_collector.trace_intake import ExportRefusedError, TraceIntake
+from otel_lightning_collector.trace_intake import ExportRefusedError, RequestTooLargeError, TraceIntake
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.REQUEST_TIMEOUT, message, as_json)
         try:
             response = intake.export(request, raw)
+        except RequestTooLargeError as error:
+            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error), as_json)
         except ExportRefusedError as refused:
             # The OTLP spec's throttling: 429 when the client sends more than it may, 503 when we are overloaded.
             status = HTTPStatus.TOO_MANY_REQUESTS if refused.throttled else HTTPStatus.SERVICE_UNAVAILABLE

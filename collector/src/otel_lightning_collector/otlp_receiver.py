@@ -12,7 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_lightning_collector.trace_intake import ExportRefusedError, IntakeCounters, TraceIntake
+from otel_lightning_collector.trace_intake import ExportRefusedError, IntakeCounters, RequestTooLargeError, TraceIntake
 
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 # `opentelemetry-instrument` exports metrics and logs to the same endpoint by default; they are
@@ -67,6 +67,8 @@ class OtlpTraceReceiver:
                 return self.intake.export(request, raw, ticket).SerializeToString()
             except ExportRefusedError as refused:
                 context.abort_with_status(refused_status(refused))
+            except RequestTooLargeError as error:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
     def _ignore_other_signal(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         self.intake.count(other_signal_requests=1)

@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 _LOG_REFUSALS_EVERY_S = 10.0
 
 
+class RequestTooLargeError(ValueError):
+    """The request has more spans than the collector ever holds waiting to be indexed: it can never
+    be admitted, so it is refused for good (HTTP 413, gRPC INVALID_ARGUMENT), not retried."""
+
+
 class ExportRefusedError(Exception):
     """The request was not accepted and may be sent again after `retry_after_s` (the exporter retries).
 
@@ -115,6 +120,15 @@ class TraceIntake:
         if raw is None:
             raw = request.SerializeToString()
         span_count = sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
+        if span_count > self.indexer.max_pending_spans:
+            # Admission per request: one request of 1,000,001 spans went past the 50k backlog bound.
+            reason = (
+                f"the request has {span_count} spans; the collector takes at most {self.indexer.max_pending_spans}"
+                " per request (--max-pending-spans): send smaller batches"
+            )
+            self.count(requests_refused=1)
+            self._log_refusal(reason)
+            raise RequestTooLargeError(reason)
         if not self._slots.acquire(blocking=False):
             self.refuse("collector is at its concurrent export limit; retry later", throttled=True)
         response = ExportTraceServiceResponse()
