@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from otel_lightning_collector import CollectorConfig, CollectorServer
-from otel_lightning_collector.forwarder import OtlpForwarder, RetryableError
+from otel_lightning_collector.forwarder import OtlpForwarder, RetryableError, RetryPolicy
 from tests.collector.test_ingest_robustness import exporter
 from tests.support import SpanFactory, export_request, free_port, transitions, wait_for_rollouts, wait_until
 
@@ -115,7 +115,8 @@ def test_the_queue_is_bounded_and_drops_the_oldest_loudly(caplog):
         attempts.append(raw)
         raise RetryableError("connection refused")
 
-    forwarder = OtlpForwarder("upstream:4317", max_queue_bytes=3000, max_backoff_s=0.05, send=unreachable).start()
+    fast = RetryPolicy(initial_interval_s=0.05, max_interval_s=0.05)
+    forwarder = OtlpForwarder("upstream:4317", max_queue_bytes=3000, consumers=1, retry=fast, send=unreachable).start()
     try:
         for index in range(10):
             forwarder(bytes([index]) * 1000)

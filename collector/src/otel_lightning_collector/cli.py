@@ -43,6 +43,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " http://host:4318/v1/traces (env LIGHTNING_FORWARD_TO)",
     )
     parser.add_argument(
+        "--forward-queue-mb",
+        type=float,
+        default=float(_env("LIGHTNING_FORWARD_QUEUE_MB", "256")),
+        help="bound of the forwarding queue on disk (<store>.forward.db), in MB: beyond it the oldest requests are"
+        " dropped, counted and logged (env LIGHTNING_FORWARD_QUEUE_MB)",
+    )
+    parser.add_argument(
+        "--forward-consumers",
+        type=int,
+        default=int(_env("LIGHTNING_FORWARD_CONSUMERS", "4")),
+        help="requests forwarded at once (env LIGHTNING_FORWARD_CONSUMERS)",
+    )
+    parser.add_argument(
+        "--forward-max-elapsed-s",
+        type=float,
+        default=float(_env("LIGHTNING_FORWARD_MAX_ELAPSED_S", "300")),
+        help="how long one request is retried (backoff with jitter, or what the upstream asks for) before it is"
+        " dropped, counted and logged; 0: forever (env LIGHTNING_FORWARD_MAX_ELAPSED_S)",
+    )
+    parser.add_argument(
+        "--forward-compression",
+        choices=("gzip", "none"),
+        default=_env("LIGHTNING_FORWARD_COMPRESSION", "gzip"),
+        help="compression of forwarded requests (env LIGHTNING_FORWARD_COMPRESSION)",
+    )
+    parser.add_argument(
         "--metrics-listen",
         default=_env("LIGHTNING_METRICS_LISTEN", "off"),
         help="host:port of a Prometheus endpoint with the collector's own metrics (e.g. 127.0.0.1:9464);"
@@ -254,6 +280,10 @@ def _start(args: argparse.Namespace) -> tuple[CollectorServer, CollectorConfig]:
         listen=args.listen,
         http_listen=None if args.http_listen.lower() in ("", "off", "none") else args.http_listen,
         forward_to=args.forward_to or None,
+        forward_queue_bytes=int(args.forward_queue_mb * 1024 * 1024),
+        forward_consumers=args.forward_consumers,
+        forward_max_elapsed_s=args.forward_max_elapsed_s,
+        forward_compression=args.forward_compression,
         metrics_listen=None if args.metrics_listen.lower() in ("", "off", "none") else args.metrics_listen,
         metrics_otlp_endpoint=args.metrics_otlp or None,
         allow_remote=args.allow_remote,

@@ -18,7 +18,7 @@ from otel_lightning.v1 import tasks_pb2_grpc as pb_grpc
 from otel_lightning_collector.assembler import RolloutAssembler
 from otel_lightning_collector.auth import BearerTokenInterceptor, TokenCheck
 from otel_lightning_collector.export_activity import ExportActivity
-from otel_lightning_collector.forwarder import OtlpForwarder
+from otel_lightning_collector.forwarder import OtlpForwarder, RetryPolicy
 from otel_lightning_collector.indexer import SpanIndexer
 from otel_lightning_collector.memory_limiter import MemoryLimiter
 from otel_lightning_collector.metrics import CollectorMetrics
@@ -68,6 +68,11 @@ class CollectorConfig:
     # Pass every export request on to this OTLP endpoint (host:port for gRPC, http://.../v1/traces).
     forward_to: str | None = None
     forward_queue_bytes: int = 64 * 1024 * 1024
+    # Forwarding (OtlpForwarder): its queue on disk beside the store (`<store>.forward.db`; a store in
+    # memory: in memory), consumers sending at once, how long one request is retried (0: forever), gzip.
+    forward_consumers: int = 4
+    forward_max_elapsed_s: float = 300.0
+    forward_compression: str = "gzip"
     # The collector's own metrics: a Prometheus endpoint on this host:port, and/or OTLP pushes here.
     metrics_listen: str | None = None
     metrics_otlp_endpoint: str | None = None
@@ -120,6 +125,15 @@ def prepare_store_path(path: str | Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True)
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def forward_queue_path(store_path: str | Path) -> Path | None:
+    """The forwarding queue's file, beside the store (None: the store is in memory, so is the queue)."""
+    if str(store_path) == ":memory:":
+        return None
+    path = Path(f"{store_path}.forward.db")
+    prepare_store_path(path)
+    return path
 
 
 def check_writable(store: Store) -> None:
@@ -182,7 +196,16 @@ class CollectorServer:
         )
         self.activity.backlog = lambda: self.indexer.pending_spans
         self.forwarder = (
-            OtlpForwarder(config.forward_to, max_queue_bytes=config.forward_queue_bytes) if config.forward_to else None
+            OtlpForwarder(
+                config.forward_to,
+                max_queue_bytes=config.forward_queue_bytes,
+                queue_path=forward_queue_path(config.store_path),
+                consumers=config.forward_consumers,
+                retry=RetryPolicy(max_elapsed_s=config.forward_max_elapsed_s),
+                compression=config.forward_compression,
+            )
+            if config.forward_to
+            else None
         )
         self.intake = TraceIntake(
             self.store,
