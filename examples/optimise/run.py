@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/optimise")
     parser.add_argument("--warm-start-steps", type=int, default=800)
     parser.add_argument("--grpo-steps", type=int, default=20)
+    parser.add_argument("--tasks-per-step", type=int, default=8, help="GRPO: tasks per step")
+    parser.add_argument("--group-size", type=int, default=8, help="GRPO: rollouts per task")
     parser.add_argument("--heldout", type=int, default=50, help="evaluation questions")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
             str(out / "base.pt"),
             "--steps",
             str(args.grpo_steps),
+            "--tasks-per-step",
+            str(args.tasks_per_step),
+            "--group-size",
+            str(args.group_size),
             "--heldout",
             "0",
         ],

@@ -23,6 +23,7 @@ from typing import Any
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace import SpanProcessor
 
 from otel_lightning import semconv
 from otel_lightning.context import current_rollout
@@ -171,7 +172,7 @@ def embedded_collector() -> Iterator[str]:
             yield server.address
 
 
-class _ExportSwitch:
+class _ExportSwitch(SpanProcessor):
     """The span processor of the provider an evaluation installs: exports to the collector of the current run
     (a process may evaluate several times, against different collectors)."""
 
