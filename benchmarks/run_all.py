@@ -26,6 +26,7 @@ BENCHMARKS = (
     ("transition_latency.py", [], ["--seconds", "5", "--stored-rollouts", "500"]),
     ("openai_instrumentation_overhead.py", [], ["--rounds", "5"]),
     ("instrumentation_overhead.py", [], ["--rounds", "3", "--runs", "10"]),
+    ("gateway_overhead.py", [], ["--calls", "100", "--seconds", "2"]),
     ("train_loop.py", [], ["--steps", "3"]),
     # The full 10-minute soak is `python benchmarks/soak.py`; the table takes a shorter one.
     ("soak.py", ["--minutes", "3"], ["--minutes", "1", "--fault-every", "15"]),
@@ -110,6 +111,16 @@ def rows(script: str, found: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{found['train_rollouts_per_s']:.1f} (trainer step {found['trainer_step_s_mean'] * 1000:.0f} ms,"
                 f" waiting {found['trainer_wait_share']:.0%})",
             )
+        ]
+    if script == "gateway_overhead.py":
+        return [
+            (
+                f"model gateway, {mode}: added p50 / p99, CPU per call (bare uvicorn+httpx proxy), calls/s vs direct",
+                f"{f['added_p50_ms']} ms / {f['added_p99_ms']} ms, {f['gateway_cpu_ms_per_call']} ms"
+                f" ({f['bare_proxy_cpu_ms_per_call']} ms), {f['gateway_calls_per_s']:,} vs {f['direct_calls_per_s']:,}"
+                f" ({f['throughput_ratio']:.2f})",
+            )
+            for mode, f in ((mode, found[mode]) for mode in ("plain", "streamed"))
         ]
     if script == "soak.py":
         faults = ", ".join(f"{count} {name}" for name, count in sorted(found["faults"].items()))
