@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import baggage, trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
@@ -70,6 +71,31 @@ def identity_attributes(
     return found
 
 
+_NUMERIC_LISTS = {semconv.PROMPT_TOKEN_IDS: int, semconv.RESPONSE_TOKEN_IDS: int, semconv.RESPONSE_LOGPROBS: float}
+
+
+def set_attributes(span: trace.Span, attributes: dict[str, Any]) -> None:
+    """`span.set_attributes`, with token ids and logprobs stored without the SDK's per-element check
+    (~1.5 us an element: 0.75 ms for a 500-token prompt) once one pass has seen they are all ints
+    (floats); any other span, or list, takes the SDK's own way."""
+    bounded = getattr(span, "_attributes", None)
+    fast = {}
+    room = isinstance(bounded, BoundedAttributes) and (
+        bounded.maxlen is None or len(bounded) + len(attributes) < bounded.maxlen
+    )
+    if room:
+        for key, kind in _NUMERIC_LISTS.items():
+            values = attributes.get(key)
+            if values and set(map(type, values)) == {kind}:  # a C-level pass
+                fast[key] = tuple(values)
+                del attributes[key]
+    span.set_attributes(attributes)
+    if fast and span.is_recording():
+        with bounded._lock:
+            for key, values in fast.items():
+                bounded._setitem_locked(key, values)
+
+
 class CallSpan:
     """The span of one model call, ended exactly once by finish / fail / cancel."""
 
@@ -96,7 +122,9 @@ class CallSpan:
         if self._ended:
             return
         try:
-            self.span.set_attributes(attrs.response_attributes(answered_as or self.api, response, self.capture_content))
+            set_attributes(
+                self.span, attrs.response_attributes(answered_as or self.api, response, self.capture_content)
+            )
         except Exception:
             logger.warning("could not record the model's answer on the gateway span", exc_info=True)
         self._end()
@@ -106,7 +134,7 @@ class CallSpan:
             return
         try:
             if response is not None:
-                self.span.set_attributes(attrs.response_attributes(self.api, response, self.capture_content))
+                set_attributes(self.span, attrs.response_attributes(self.api, response, self.capture_content))
             self.span.set_attribute("error.type", error_type)
             self.span.set_status(Status(StatusCode.ERROR, message[:2000]))
         except Exception:
