@@ -6,7 +6,8 @@ span (`SpanView`: decoded attributes, name, events, related log records) to a `C
 
 A span may speak several dialects at once (PydanticAI with OpenInference's processor writes GenAI
 and OpenInference names; OpenLLMetry can wrap ours): the first dialect that recognises it, in
-`DIALECTS` order, says what it is, and the later ones fill in what it left out.
+`DIALECTS` order, says what it is, and the later ones fill in what it left out (asked only while
+its messages are missing).
 A new kind of span is a new module here, not a branch in the assembler.
 """
 
@@ -35,6 +36,8 @@ def read_span(view: SpanView) -> CanonicalStep | None:
     """
     step: CanonicalStep | None = None
     for dialect in DIALECTS:
+        if step is not None and step.input_messages is not None and step.output_messages is not None:
+            break  # nothing essential left to fill: the later dialects would only parse the messages again
         if not dialect.recognises(view):
             continue
         found = dialect.read(view)
