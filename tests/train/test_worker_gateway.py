@@ -15,6 +15,7 @@ from otel_lightning.loading import LoadError, load_callable
 from otel_lightning.task_client import TaskPoolClient
 from otel_lightning.testing.openai_stub import token_ids
 from otel_lightning.worker import Worker
+from otel_lightning.worker_gateway import WorkerGateway
 from otel_lightning.worker_setup import build_worker_parts
 from tests.support import rollouts, transitions, wait_for_rollouts
 
@@ -191,3 +192,31 @@ def test_submit_puts_a_task_file_in_the_pool_and_refuses_a_bad_line_whole(collec
     assert refused.returncode != 0
     assert f"{bad}:2: task 'd' has no input" in refused.stderr
     assert pool.sample_states("c") == []  # nothing of the file went in
+
+
+def test_an_in_process_agent_gets_token_ids_through_the_gateway(collector, otlp_export, openai_stub, monkeypatch):
+    import openai
+
+    monkeypatch.delenv("LIGHTNING_REQUEST_TOKEN_IDS", raising=False)  # the client asks for nothing
+    gateway = WorkerGateway(openai_stub.base_url).start()
+    # One base URL for the whole process: the calls' W3C headers (sent by our OpenAI instrumentor) say whose.
+    client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+
+    async def agent(task):
+        reply = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": task}])
+        return reply.choices[0].message.content
+
+    worker = Worker(collector.address, agent, concurrency=2, gateway=gateway)
+    pool = TaskPoolClient(collector.address)
+    pool.submit([("a", "What is 6*7?"), ("b", "What is 2+3?")])
+    try:
+        run_until_done(worker, pool, 2)
+    finally:
+        gateway.stop()
+    otlp_export.flush()
+    events = wait_for_rollouts(collector.address, 2)
+    steps = {s.task_id: s for s in transitions(events)}
+    assert len(transitions(events)) == 2  # the client's span and the gateway's: one step per call
+    for task_id, question, answer in (("a", "What is 6*7?", "42"), ("b", "What is 2+3?", "5")):
+        assert list(steps[task_id].prompt_token_ids) == token_ids(f"user: {question}")
+        assert list(steps[task_id].response_token_ids) == token_ids(f"The answer is {answer}.")

@@ -27,8 +27,11 @@ from typing import Any
 import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from wrapt import wrap_function_wrapper
 
 from otel_lightning import ensure_rollout_processor, semconv
@@ -93,6 +96,23 @@ def _start_call(tracer: trace.Tracer, api: str, kwargs: dict[str, Any]) -> LLMCa
         return None
 
 
+# W3C trace context and baggage on the request: a model gateway on the way (otel-lightning's) records its span of
+# the call under ours, with the rollout from the baggage, whatever propagator the process configured.
+_W3C = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
+
+def with_trace_headers(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with `traceparent`/`baggage` of the current context (the call's span) in `extra_headers`;
+    headers the caller set win."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    if not carrier:
+        return kwargs
+    given = kwargs.get("extra_headers")
+    given = dict(given) if isinstance(given, dict) else {}
+    return {**kwargs, "extra_headers": {**carrier, **given}}
+
+
 def _recorded(result: Any, call: LLMCall, kwargs: dict[str, Any], stream_proxy: type) -> Any:
     """What the caller gets: the result, its span finished now or when its body or stream is read."""
     if is_raw_response(result):  # with_raw_response / with_streaming_response: the caller reads the body
@@ -114,7 +134,7 @@ def _sync_wrapper(tracer: trace.Tracer, api: str) -> Any:
         wrapped = _past_other_genai_wrappers(wrapped)
         try:
             with call.activated():
-                result = wrapped(*args, **kwargs)
+                result = wrapped(*args, **with_trace_headers(kwargs))
         except BaseException as error:
             call.fail(error)
             raise
@@ -133,7 +153,7 @@ def _async_wrapper(tracer: trace.Tracer, api: str) -> Any:
         wrapped = _past_other_genai_wrappers(wrapped)
         try:
             with call.activated():
-                result = await wrapped(*args, **kwargs)
+                result = await wrapped(*args, **with_trace_headers(kwargs))
         except BaseException as error:
             call.fail(error)
             raise
