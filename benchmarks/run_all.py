@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = (
     ("collector_ingest.py", [], ["--rollouts", "500"]),
     ("transition_latency.py", [], ["--seconds", "5", "--stored-rollouts", "500"]),
+    ("dialect_assembly.py", [], ["--rounds", "200"]),
     ("openai_instrumentation_overhead.py", [], ["--rounds", "5"]),
     ("instrumentation_overhead.py", [], ["--rounds", "3", "--runs", "10"]),
     ("gateway_overhead.py", [], ["--calls", "100", "--seconds", "2"]),
