@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 import openai
+import pytest
 from opentelemetry import baggage, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
@@ -17,9 +18,21 @@ from tests.gateway.support import QUESTION, llm_spans, token_ids
 
 
 def _ask(base_url: str, headers: dict[str, str] | None = None) -> str:
-    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
-    reply = client.chat.completions.create(model="m", messages=QUESTION, extra_headers=headers or {})
-    return reply.choices[0].message.content
+    """A call with exactly these trace headers (plain HTTP: an instrumented OpenAI client adds its own)."""
+    reply = httpx.post(
+        f"{base_url}/chat/completions", json={"model": "m", "messages": QUESTION}, headers=headers or {}, timeout=10
+    )
+    return reply.json()["choices"][0]["message"]["content"]
+
+
+def test_an_instrumented_openai_client_is_joined_under_its_own_span(gateway, gateway_exporter, memory_exporter):
+    client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+    client.chat.completions.create(model="m", messages=QUESTION)
+    (span,) = llm_spans(gateway_exporter)
+    client_spans = [s for s in memory_exporter.get_finished_spans() if s.context.trace_id == span.context.trace_id]
+    if not client_spans:
+        pytest.skip("the OpenAI instrumentor in this tree does not propagate trace context to the model server")
+    assert span.parent.span_id in {s.context.span_id for s in client_spans}
 
 
 def test_a_call_with_traceparent_joins_the_callers_trace(gateway, gateway_exporter):
