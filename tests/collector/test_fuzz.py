@@ -200,9 +200,16 @@ def test_absurd_sizes_are_taken_or_refused_with_a_reason(fuzzed):
     # A 5 MB attribute.
     spans = SpanFactory(rollout_id="huge-attribute")
     export(export_request(spans.llm("x" * (5 << 20), "a"), spans.root()).SerializeToString(), timeout=60)
-    # 100k spans in one request.
+    # 100k spans in one request: more than the backlog ever holds (50k), refused for good with the reason.
+    too_many = SpanFactory(rollout_id="too-many-spans")
+    bulk = [too_many.reward(0.0) for _ in range(100_000)]
+    with pytest.raises(grpc.RpcError) as refused:
+        export(export_request(*bulk, too_many.llm("q", "a"), too_many.root()).SerializeToString(), timeout=120)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the request has 100002 spans; the collector takes at most 50000" in refused.value.details()
+    # 50k spans, the most one request may hold: taken.
     many = SpanFactory(rollout_id="many-spans")
-    bulk = [many.reward(0.0) for _ in range(100_000)]
+    bulk = [many.reward(0.0) for _ in range(49_998)]
     export(export_request(*bulk, many.llm("q", "a"), many.root()).SerializeToString(), timeout=120)
     # A 5,000-deep span tree.
     deep = SpanFactory(rollout_id="deep-tree")
@@ -223,6 +230,6 @@ def test_absurd_sizes_are_taken_or_refused_with_a_reason(fuzzed):
             break
         time.sleep(0.1)
     assert done["huge-attribute"].status == "succeeded"
-    assert done["many-spans"].span_count == 100_002
+    assert done["many-spans"].span_count == 50_000
     assert done["deep-tree"].transition_count == 1  # nested LLM spans are one call: the innermost
     still_serving(fuzzed)
