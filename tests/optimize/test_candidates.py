@@ -123,3 +123,18 @@ def test_responses_instructions_and_completions_prompt():
     developer = {"input": [{"role": "developer", "content": "Old"}, {"role": "user", "content": "x"}]}
     assert replace.rewrite("/v1/responses", developer)["input"][0] == {"role": "developer", "content": "Be brief."}
     assert replace.rewrite("/v1/completions", {"prompt": "Q: 1+1"})["prompt"] == "Be brief.\n\nQ: 1+1"
+
+
+def test_the_eval_command_refuses_a_bad_candidates_file_naming_the_candidate(tmp_path):
+    from otel_lightning.cli import main
+
+    (tmp_path / "candidates.yaml").write_text(
+        "candidates:\n  - {name: ok, base_url: 'http://127.0.0.1:1/v1'}\n"
+        "  - {name: hot, base_url: 'http://127.0.0.1:1/v1', temprature: 2}\n"
+    )
+    (tmp_path / "tasks.jsonl").write_text('{"task_id": "a", "input": "x"}\n')
+    arguments = ["eval", "--tasks", str(tmp_path / "tasks.jsonl"), "--candidates", str(tmp_path / "candidates.yaml")]
+    with pytest.raises(SystemExit) as stopped:
+        main([*arguments, "--out", str(tmp_path / "out"), "--", "python", "agent.py"])
+    assert "candidate 'hot' (#2): unknown field 'temprature'" in str(stopped.value)
+    assert not (tmp_path / "out").exists()
