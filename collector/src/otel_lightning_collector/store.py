@@ -218,6 +218,8 @@ class Store:
         if new_file_page_size:
             # Takes effect only on a new file (before WAL mode is set); existing stores keep theirs.
             connection.execute(f"PRAGMA page_size={new_file_page_size}")
+            # Likewise: retention gives freed pages back with incremental vacuum (store_retention).
+            connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
         connection.execute("PRAGMA journal_mode=WAL")
         # NORMAL survives a killed process (WAL is fsynced at checkpoints); FULL also survives power loss.
         connection.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -299,6 +301,9 @@ class Store:
             records = [r for r in records if r.rollout_id]
             if loose:
                 result.loose = self._store_loose(loose, now)
+                # Loose spans are stored too: counted with the others (every span is accounted for).
+                result.stored += result.loose
+                result.duplicates += len(loose) - result.loose
         if not records:
             with self._write_lock:
                 self._writer.execute("BEGIN IMMEDIATE")
