@@ -209,3 +209,15 @@ def test_memory_and_threads_return_after_every_attack(collector):
     collector.good_export()
     assert collector.wait_for_good_rollouts()
     assert wait_until(lambda: collector.threads() < 60, 20), collector.threads()
+
+
+def test_a_malformed_body_read_to_its_end_keeps_the_connection(collector):
+    port = collector.http_port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        bad = b"\xff\xff\xff"
+        connection.sendall(post_head(port, Content_Length=str(len(bad))) + bad)
+        assert read_response(connection)[0] == 400
+        good = rollout_request("same-connection")
+        connection.sendall(post_head(port, Content_Length=str(len(good))) + good)
+        assert read_response(connection)[0] == 200
+    assert wait_until(lambda: "same-connection" in collector.completed_rollouts(), 30)

@@ -165,8 +165,10 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             return self._refuse(HTTPStatus.FORBIDDEN, message, as_json, length=length)
         limit = min(self.server.max_body_bytes, self.server.max_json_bytes) if as_json else self.server.max_body_bytes
+        body_read = False
         try:
             body = read_body(self.rfile, self.headers, limit)
+            body_read = True
             if path == FEEDBACK_PATH and self.server.feedback is not None:
                 status, answer = self.server.feedback.http(body)
                 return self._reply(status, answer, True)
@@ -191,8 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
                     raise BadRequestError(f"malformed OTLP ExportTraceServiceRequest: {error}") from None
         except BadRequestError as error:
             intake.count(requests_malformed=1)
-            # The body may be partly read: the connection cannot carry another request.
-            return self._refuse(HTTPStatus.BAD_REQUEST, str(error), as_json, length=-1)
+            # A body read to its end leaves the connection usable; one partly read does not.
+            return self._refuse(HTTPStatus.BAD_REQUEST, str(error), as_json, length=0 if body_read else -1)
         except TooLargeError as error:
             intake.count(requests_malformed=1)
             return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error), as_json, length=-1)
