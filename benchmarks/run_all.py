@@ -29,6 +29,7 @@ BENCHMARKS = (
     ("instrumentation_overhead.py", [], ["--rounds", "3", "--runs", "10"]),
     ("gateway_overhead.py", [], ["--calls", "100", "--seconds", "2"]),
     ("train_loop.py", [], ["--steps", "3"]),
+    ("optimize_eval.py", [], ["--tasks", "4", "--rounds", "1"]),
     # The full 10-minute soak is `python benchmarks/soak.py`; the table takes a shorter one.
     ("soak.py", ["--minutes", "3"], ["--minutes", "1", "--fault-every", "15"]),
 )
