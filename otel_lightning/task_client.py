@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import grpc
@@ -41,8 +42,15 @@ class TaskPoolClient:
         return self._stub.Submit(request).accepted
 
     def claim(self, worker: str, lease_s: float = 60.0, wait_s: float = 1.0) -> pb.Lease | None:
+        """A lease, or None when no task came within `wait_s`."""
+        began = time.monotonic()
         response = self._stub.Claim(pb.ClaimRequest(worker=worker, lease_s=lease_s, wait_s=wait_s), timeout=wait_s + 30)
-        return response.lease if response.HasField("lease") else None
+        if response.HasField("lease"):
+            return response.lease
+        # A collector whose waiting claims are at their bound answers at once: wait out the rest here,
+        # so a worker loop asking again does not spin.
+        time.sleep(max(0.0, min(wait_s, 30.0) - (time.monotonic() - began)))
+        return None
 
     def heartbeat(self, lease_id: str) -> bool:
         return self._stub.Heartbeat(pb.HeartbeatRequest(lease_id=lease_id), timeout=30).valid
