@@ -53,6 +53,9 @@ class GatewayConfig:
     responses_via_chat: bool = True
     # Ask the upstream for token ids and logprobs (vLLM's `return_token_ids`); off for servers that refuse it.
     request_token_ids: bool = True
+    # False for servers that cannot stream (our embedded policy server): streamed calls are asked for in
+    # one piece and the caller gets its stream made from the whole answer.
+    upstream_streams: bool = True
     connect_timeout_s: float = 3.0
     read_timeout_s: float | None = 600.0
 
@@ -195,9 +198,12 @@ class GatewayApp:
         PROPAGATOR.inject(carrier, context=trace.set_span_in_context(call.span, Context()))
         out_headers.extend((name.encode(), value.encode()) for name, value in carrier.items())
         streamed = bool(body.get("stream"))
+        sent = body
+        if streamed and not self.config.upstream_streams:  # asked in one piece, streamed to the caller from it
+            sent = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
         try:
-            upstream_request = self.client.build_request("POST", url, content=orjson.dumps(body), headers=out_headers)
-            answer = await self.client.send(upstream_request, stream=streamed)
+            upstream_request = self.client.build_request("POST", url, content=orjson.dumps(sent), headers=out_headers)
+            answer = await self.client.send(upstream_request, stream=sent is body and streamed)
         except (httpx.TransportError, httpx.InvalidURL) as error:
             self.stats.count("upstream_unavailable")
             return self._refuse(
@@ -249,6 +255,8 @@ class GatewayApp:
                 return _one_piece_events(responses_body, data, asked)
             asked_ids = asked is not None and asked.token_ids
             return _json(orjson.dumps(responses_translation.response_from_chat(responses_body, data, asked_ids)))
+        if streamed:  # e.g. our policy server, which answers in one piece: the caller still gets its stream
+            return _one_piece_chunks(data, asked, chat=call.api == attrs.CHAT)
         if asked is None or asked.everything:
             return _json(content, answer.status_code)
         return _json(orjson.dumps(strip(data, asked)), answer.status_code)
@@ -300,6 +308,37 @@ def _upstream_response(content: bytes, answer: httpx.Response) -> Response:
 
 def _text(content: bytes, limit: int = 2000) -> str:
     return content[:limit].decode("utf-8", "replace")
+
+
+def _one_piece_chunks(answer: dict[str, Any], asked: Asked | None, chat: bool) -> Response:
+    """The stream a caller asked for, made of an answer that came in one piece: one chunk with each
+    choice's whole message (chat) or text (completions), then [DONE]; token ids, logprobs and usage
+    only where the caller asked for them."""
+    head = {key: answer[key] for key in ("id", "created", "model", "policy_version") if key in answer}
+    head["object"] = "chat.completion.chunk" if chat else "text_completion"
+    choices = []
+    for choice in answer.get("choices") or []:
+        out = {"index": choice.get("index", 0), "finish_reason": choice.get("finish_reason")}
+        if chat:
+            message = dict(choice.get("message") or {})
+            calls = message.pop("tool_calls", None)
+            if calls:
+                message["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+            out["delta"] = message
+        else:
+            out["text"] = choice.get("text") or ""
+        out["logprobs"] = choice.get("logprobs") if asked is None or asked.logprobs else None
+        if asked is None or asked.token_ids:
+            out["token_ids"] = choice.get("token_ids")
+        choices.append(out)
+    chunk: dict[str, Any] = {**head, "choices": choices}
+    if asked is None or asked.token_ids:
+        chunk["prompt_token_ids"] = answer.get("prompt_token_ids")
+    events = [chunk]
+    if (asked is None or asked.usage) and answer.get("usage"):
+        events.append({**head, "choices": [], "usage": answer["usage"]})
+    body = b"".join(sse.encode(orjson.dumps(event)) for event in events) + sse.encode(sse.DONE)
+    return Response(body, media_type="text/event-stream")
 
 
 def _one_piece_events(responses_body: dict[str, Any], chat: dict[str, Any], asked: Asked | None) -> Response:

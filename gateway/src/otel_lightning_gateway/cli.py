@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="do not ask the model server for token ids and logprobs (for servers that refuse vLLM's return_token_ids)",
     )
     parser.add_argument(
+        "--upstream-no-stream",
+        action="store_true",
+        help="the model server cannot stream (otel-lightning policy-server): ask it in one piece and stream"
+        " the whole answer to callers that asked for a stream",
+    )
+    parser.add_argument(
         "--allow-remote",
         action="store_true",
         default=_env("LIGHTNING_ALLOW_REMOTE", "") in ("1", "true", "yes"),
@@ -121,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
             port=int(port),
             responses_via_chat=args.responses_via_chat == "on",
             request_token_ids=not args.no_token_ids,
+            upstream_streams=not args.upstream_no_stream,
             allow_remote=args.allow_remote,
         )
     except ValueError as error:

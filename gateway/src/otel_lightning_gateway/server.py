@@ -55,6 +55,7 @@ class Gateway:
         *,
         responses_via_chat: bool = True,
         request_token_ids: bool = True,
+        upstream_streams: bool = True,
         connect_timeout_s: float = 3.0,
         read_timeout_s: float | None = 600.0,
         allow_remote: bool = False,
@@ -69,6 +70,7 @@ class Gateway:
             span_attributes=dict(span_attributes or {}),
             responses_via_chat=responses_via_chat,
             request_token_ids=request_token_ids,
+            upstream_streams=upstream_streams,
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
         )
