@@ -46,6 +46,9 @@ _CHOICE_EVENT = "gen_ai.choice"
 def kind_of(view: SpanView) -> str | None:
     operation = view.attributes.get(semconv.GEN_AI_OPERATION_NAME)
     if not isinstance(operation, str) or not operation:
+        # The span name (`chat gpt-4o`) only on a span that speaks GenAI at all: "chat room" is no LLM call.
+        if not any(key.startswith("gen_ai.") for key in view.attributes) and not view.events and not view.logs:
+            return None
         operation = view.name.partition(" ")[0]
     return _KIND_OF_OPERATION.get(operation)
 
