@@ -195,7 +195,7 @@ class Worker:
                     routed = scopes.enter_context(self.gateway.rollout_route(lease, base_url))
                     base_url, through_gateway = (routed, True) if routed else (base_url, False)
                 output = await asyncio.wait_for(
-                    self._call_agent(task_input, base_url, through_gateway), self.task_timeout_s
+                    self._call_agent(task_input, base_url, through_gateway, lease.openai_base_url), self.task_timeout_s
                 )
                 if self.reward is not None:
                     await self.reward.record(task_input, output)
@@ -219,19 +219,20 @@ class Worker:
             self.stats.lost_leases += 1
             logger.warning("lease of task %s expired before it completed; the pool requeued it", lease.task_id)
 
-    async def _call_agent(self, task_input: Any, openai_base_url: str | None, through_gateway: bool) -> Any:
+    async def _call_agent(
+        self, task_input: Any, openai_base_url: str | None, through_gateway: bool, task_upstream: str = ""
+    ) -> Any:
         if isinstance(self.agent, SubprocessAgent):
             return await asyncio.to_thread(
                 self.agent, task_input, openai_base_url or None, through_gateway=through_gateway
             )
-        if openai_base_url and not through_gateway and not self._warned_base_url:
-            # (Through the gateway the task's server is reached by its route.)
+        if task_upstream and not self._warned_base_url:
             # An in-process agent's OpenAI client was made from this process's environment.
             self._warned_base_url = True
             logger.warning(
                 "a task names its model server (%s), but only subprocess agents (`-- command`) can be pointed at"
                 " a task's server; in-process agents keep OPENAI_BASE_URL=%s",
-                openai_base_url,
+                task_upstream,
                 os.environ.get("OPENAI_BASE_URL"),
             )
         if inspect.iscoroutinefunction(self.agent):

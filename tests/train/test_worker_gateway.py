@@ -220,3 +220,9 @@ def test_an_in_process_agent_gets_token_ids_through_the_gateway(collector, otlp_
     for task_id, question, answer in (("a", "What is 6*7?", "42"), ("b", "What is 2+3?", "5")):
         assert list(steps[task_id].prompt_token_ids) == token_ids(f"user: {question}")
         assert list(steps[task_id].response_token_ids) == token_ids(f"The answer is {answer}.")
+
+
+def test_worker_cli_refuses_a_reward_it_cannot_load(collector):
+    done = run_cli("worker", "--collector", collector.address, "--reward", "no_such_rewards:f", "--", "python", "x.py")
+    assert done.returncode != 0
+    assert "cannot import module 'no_such_rewards' for the reward function 'no_such_rewards:f'" in done.stderr
