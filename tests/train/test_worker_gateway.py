@@ -226,3 +226,26 @@ def test_worker_cli_refuses_a_reward_it_cannot_load(collector):
     done = run_cli("worker", "--collector", collector.address, "--reward", "no_such_rewards:f", "--", "python", "x.py")
     assert done.returncode != 0
     assert "cannot import module 'no_such_rewards' for the reward function 'no_such_rewards:f'" in done.stderr
+
+
+@pytest.mark.parametrize(("server_reports", "expected"), [(None, "7"), ("stub-1", "stub-1")])
+def test_through_the_gateway_a_tasks_policy_version_stands_in_for_the_servers(
+    collector, otlp_export, tmp_path, server_reports, expected
+):
+    from otel_lightning.testing.openai_stub import StubOpenAIServer
+
+    script = tmp_path / "plain_agent.py"
+    script.write_text(PLAIN_AGENT)
+    with StubOpenAIServer(policy_version=server_reports) as model_server:
+        # No default model server: the task names its own, and the gateway starts in front of it.
+        worker, parts = worker_for(collector, ["python", str(script)], None, concurrency=1)
+        pool = TaskPoolClient(collector.address)
+        pool.submit([("v", "What is 6*7?")], openai_base_url=model_server.base_url, policy_version="7")
+        try:
+            run_until_done(worker, pool, 1)
+        finally:
+            parts.gateway.stop()
+    otlp_export.flush()
+    (step,) = transitions(wait_for_rollouts(collector.address, 1))
+    assert step.policy_version == expected
+    assert list(step.response_token_ids) == token_ids("The answer is 42.")
