@@ -70,9 +70,13 @@ def _this_interpreter(command: Sequence[str]) -> list[str]:
     return command
 
 
-def runs_python(command: Sequence[str]) -> bool:
-    """Whether `opentelemetry-instrument` can do anything for the command (it instruments Python only)."""
-    return bool(command) and (command[0] == sys.executable or Path(command[0]).name.startswith("python"))
+# Runtimes for which `opentelemetry-instrument` (Python only) would only cost a Python start per rollout. Any
+# other command keeps it: a script or launcher may start Python, which inherits its setup through PYTHONPATH.
+_NOT_PYTHON = frozenset({"node", "nodejs", "deno", "bun", "java", "ruby", "dotnet", "php"})
+
+
+def may_run_python(command: Sequence[str]) -> bool:
+    return bool(command) and Path(command[0]).name not in _NOT_PYTHON
 
 
 def task_text(task_input: Any) -> str:
@@ -106,7 +110,7 @@ class SubprocessAgent:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.collector}"
             env.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")
         command = _this_interpreter(self.command)
-        if self.auto_instrument and runs_python(command):  # a Node agent's calls are seen by the gateway
+        if self.auto_instrument and may_run_python(command):  # a Node agent's calls are seen by the gateway
             command = [_opentelemetry_instrument(), *command]
         try:
             done = subprocess.run(
