@@ -157,6 +157,9 @@ class TransitionStreamService:
         # Without follow, the reader gets what was committed when it subscribed, then CaughtUp.
         end = None if subscribe.follow else self.store.last_sequence()
         acks = _Acks(self.store, subscribe.consumer, start)
+        # A reconnecting client first re-sends its last ack, which can be past what the store had
+        # persisted: an ack up to its start_after is fair (never past the last event stored).
+        acks.sent = max(start, min(subscribe.start_after, self.store.last_sequence()))
         threading.Thread(target=acks.read, args=(requests,), name="stream-acks", daemon=True).start()
 
         if from_latest:
