@@ -95,6 +95,8 @@ class Gateway:
             access_log=False,
             # Long generations stream for minutes; an idle keep-alive connection from an agent is cheap.
             timeout_keep_alive=30,
+            # stop() does not wait for ever on a stream still in flight.
+            timeout_graceful_shutdown=5,
         )
         self._server = uvicorn.Server(config)
         return self._server
