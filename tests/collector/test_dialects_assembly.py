@@ -180,3 +180,62 @@ def test_an_evaluation_span_event_rewards_the_step_it_rates() -> None:
     built = _build(_root(), first, second, credit="per_step")
     assert [t.reward for t in built.transitions] == [-1.0, 0.0]
     assert built.completed.has_reward and built.completed.total_reward == -1.0
+
+
+_KEYS = [
+    "openinference.span.kind",
+    "llm.input_messages.0.message.role",
+    "llm.input_messages.0.message.content",
+    "llm.input_messages.0.message.tool_calls.0.tool_call.function.arguments",
+    "llm.input_messages.1",
+    "llm.output_messages.0.message.contents.0.message_content.text",
+    "llm.tools.0.tool.json_schema",
+    "gen_ai.operation.name",
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+    "gen_ai.system_instructions",
+    "gen_ai.tool.definitions",
+    "gen_ai.response.finish_reasons",
+    "gen_ai.prompt.0.role",
+    "gen_ai.completion.0.tool_calls.0.arguments",
+    "llm.request.type",
+    "metadata",
+    semconv.SPAN_KIND,
+    semconv.PROMPT_TOKEN_IDS,
+    semconv.LLM_SOURCE,
+]
+
+
+def _values():
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.sampled_from(["LLM", "chat", "llm", "gateway", "[1]", '[{"role": "user", "parts": 3}]', "{", "[]"]),
+        st.text(max_size=8),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.floats(allow_nan=True),
+        st.booleans(),
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+        max_leaves=8,
+    )
+
+
+def test_any_dialect_input_ends_in_a_status_never_an_exception() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.sampled_from(_KEYS), _values(), max_size=8))
+    def check(found: dict) -> None:
+        span = _span("chat stub", {}, 100, 900)
+        span.attributes.extend(
+            _structured(key, value) if isinstance(value, (list, dict)) else key_value(key, value)
+            for key, value in found.items()
+        )
+        built = _build(_root(), span)
+        assert built.completed.status in (SUCCEEDED, MALFORMED)
+
+    check()

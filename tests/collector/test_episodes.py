@@ -87,6 +87,14 @@ def test_production_trace_becomes_an_episode_with_its_evaluation_and_late_feedba
     assert "gateway" in episode["token_ids_note"]
     # The gen_ai.evaluation.result log record is the episode's reward.
     assert episode["has_reward"] and episode["total_reward"] == pytest.approx(0.75)
+    status = subprocess.run(
+        [str(BIN / "otel-lightning"), "status", "--collector", episodes_collector.address, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    counters = json.loads(status.stdout)["counters"]
+    assert counters["assembly.steps_without_token_ids"] == "2" and counters["episodes.episodes"] == "1"
 
     feedback = subprocess.run(
         [
