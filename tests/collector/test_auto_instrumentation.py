@@ -22,6 +22,8 @@ def test_quickstart_agent_under_opentelemetry_instrument(collector, openai_stub)
         "OTEL_SERVICE_NAME": "quickstart-test",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{collector.address}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        # The stub, as vLLM, gives token ids only when asked (the worker's gateway asks for agents it runs).
+        "LIGHTNING_REQUEST_TOKEN_IDS": "true",
     }
     run = subprocess.run(
         [str(BIN / "opentelemetry-instrument"), sys.executable, str(ROOT / "examples/quickstart/agent.py")],

@@ -30,7 +30,7 @@ def instrumented():
 
 @pytest.fixture(autouse=True)
 def model_server(openai_stub, monkeypatch):
-    use_stub_model(monkeypatch, openai_stub)
+    use_stub_model(monkeypatch, openai_stub, token_ids=True)  # the stub, as vLLM, gives ids only when asked
 
 
 def test_agents_tools_and_handoffs_become_spans_around_the_llm_calls(memory_exporter):
