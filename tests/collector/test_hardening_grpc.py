@@ -360,3 +360,19 @@ def test_a_request_of_more_spans_than_the_backlog_is_refused_for_good(tmp_path):
         assert server.wait_for_good_rollouts()
     finally:
         server.stop()
+
+
+def test_errors_are_kept_to_what_a_sample_state_answer_can_carry(collector):
+    client = TaskPoolClient(collector.address)
+    client.submit([("err", {})])
+    lease = client.claim("w", lease_s=10, wait_s=1)
+    pool = tasks_pb2_grpc.TaskPoolStub(grpc.insecure_channel(collector.address))
+    with pytest.raises(grpc.RpcError) as refused:
+        pool.Complete(tasks_pb2.CompleteRequest(lease_id=lease.lease_id, status="x" * 100), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "status" in refused.value.details()
+    complete = tasks_pb2.CompleteRequest(
+        lease_id=lease.lease_id, status="failed", error_type="Boom", error_message="e" * MB
+    )
+    assert pool.Complete(complete, timeout=5).accepted
+    [state] = pool.SampleStates(tasks_pb2.SampleStatesRequest(task_id="err"), timeout=5).samples
+    assert len(state.error.encode()) <= 2048 and state.error.endswith(f"[cut: {MB + 6} bytes]")
