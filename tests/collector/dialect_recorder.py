@@ -149,6 +149,8 @@ def main() -> None:
     """OUT_FILE `otlp:HOST:PORT` exports live to that collector instead, under the W3C context in
     TRACEPARENT (as the worker hands it to an agent)."""
     dialect, base_url, out_file = sys.argv[1:4]
+    if base_url == "-":  # the worker's: OPENAI_BASE_URL (its gateway's URL for this rollout)
+        base_url = os.environ["OPENAI_BASE_URL"]
     # Content capture on, each instrumentor's own way (off by default in most of them).
     os.environ.setdefault("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
     os.environ.setdefault("TRACELOOP_TRACE_CONTENT", "true")
