@@ -49,7 +49,9 @@ def load_function(spec: str) -> Callable[..., Any]:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise InputError(f"expected MODULE:FUNCTION (e.g. my_rewards:correct), got {spec!r}")
-    if os.getcwd() not in sys.path:
+    # First on the path: an editable install puts the checkout after site-packages, where a dependency's
+    # own top-level `tests` package would win.
+    if sys.path[:1] != [os.getcwd()]:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)

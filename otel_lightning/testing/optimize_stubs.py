@@ -179,3 +179,25 @@ class ScriptedOptimizer(_StubServer):
             reply = self.replies[min(self.calls, len(self.replies) - 1)]
             self.calls += 1
         return _completion(body, reply, None)
+
+
+def main() -> None:
+    """`python -m otel_lightning.testing.optimize_stubs model --port 8001` (or `optimizer --reply TEXT ...`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="stub servers for offline runs of eval and optimize-prompt")
+    parser.add_argument("kind", choices=("model", "optimizer"))
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--base-accuracy", type=float, default=0.0, help="model: share of questions it knows")
+    parser.add_argument("--reply", action="append", default=[], help="optimizer: its replies, in order")
+    args = parser.parse_args()
+    if args.kind == "model":
+        server: _StubServer = PromptSensitiveModel(args.base_accuracy, port=args.port)
+    else:
+        server = ScriptedOptimizer(args.reply or ["<prompt>Use the calculator.</prompt>"], port=args.port)
+    print(f"{type(server).__name__} on {server.base_url}", flush=True)
+    server._server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -85,3 +85,15 @@ def test_search_improves_validation_reward_through_a_garbage_answer(collector, o
         "[system] Be precise." in requests[2]["messages"][1]["content"]
         or "[system] Think step by step." in (requests[2]["messages"][1]["content"])
     )
+
+
+def test_an_unreachable_or_garbage_optimizer_is_a_clear_error():
+    from otel_lightning.optimize.optimizer_model import ask_optimizer
+    from tests.support import free_port
+
+    with pytest.raises(OptimizerError, match="cannot reach the optimiser"):
+        ask_optimizer(f"http://127.0.0.1:{free_port()}/v1", {"model": "x", "messages": []}, timeout_s=5)
+    with ScriptedOptimizer(["no tags at all"]) as optimizer:
+        text = ask_optimizer(optimizer.base_url, {"model": "x", "messages": []})
+    with pytest.raises(OptimizerError, match="no <prompt>"):
+        parse_proposal(text, 2)
