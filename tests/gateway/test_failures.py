@@ -11,7 +11,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_lightning import semconv
 from otel_lightning.testing.openai_stub import STALL_MODEL
-from otel_lightning_gateway import Gateway
+from otel_lightning_gateway import Gateway, RolloutRoute
 from tests.gateway.support import QUESTION, llm_spans
 from tests.support import free_port, wait_until
 
@@ -79,3 +79,18 @@ def test_a_caller_that_disconnects_mid_stream_leaves_a_cancelled_span_and_the_up
     assert span.attributes["error.type"] == "cancelled"
     assert wait_until(lambda: vllm_stub._server.aborted_streams > aborted, 10)  # the upstream was let go
     assert gateway.stats["cancelled"] == 1
+
+
+def test_a_failing_request_rewrite_is_a_500_that_names_it(gateway, gateway_exporter, vllm_stub):
+    def broken(endpoint: str, body: dict) -> dict:
+        raise KeyError("system prompt")
+
+    gateway.register_rollout(RolloutRoute("r-broken", rewrite=broken))
+    received = len(vllm_stub.received)
+    answer = httpx.post(
+        f"{gateway.rollout_base_url('r-broken')}/chat/completions", json={"model": "m", "messages": QUESTION}
+    )
+    assert answer.status_code == 500 and "rewrite failed" in answer.json()["error"]["message"]
+    (span,) = llm_spans(gateway_exporter)
+    assert span.status.status_code == StatusCode.ERROR and span.attributes["error.type"] == "rewrite_error"
+    assert len(vllm_stub.received) == received

@@ -188,9 +188,40 @@ class GatewayApp:
             endpoint = path.rstrip("/")
         rewrite = (route.rewrite if route is not None else None) or self.config.rewrite
         if rewrite is not None:
-            body = rewrite(endpoint[3:], body)
+            try:
+                body = rewrite(endpoint[3:], body)
+                if not isinstance(body, dict):
+                    raise TypeError(f"it returned {type(body).__name__}, not the request body (a dict)")
+            except Exception as error:
+                logger.exception("the request rewrite for %s failed", endpoint)
+                call = CallSpan(self.tracer, api, responses_body if via_chat else {}, context, extra, capture)
+                return self._refuse(call, 500, f"the gateway's request rewrite failed: {error!r}", "rewrite_error")
         asked = ask_for_tokens(api, body) if self.config.request_token_ids and api != attrs.RESPONSES else None
         call = CallSpan(self.tracer, api, body, context, extra, capture)
+        try:
+            return await self._forward(
+                call, request, api, body, asked, route, endpoint, via_chat, responses_body, receive, send
+            )
+        except Exception as error:  # a bug of ours: the span says so, the caller gets uvicorn's 500
+            logger.exception("the gateway failed on a %s call", api)
+            call.fail("gateway_error", f"{type(error).__name__}: {error}")
+            raise
+
+    async def _forward(
+        self,
+        call: CallSpan,
+        request: Request,
+        api: str,
+        body: dict[str, Any],
+        asked: Asked | None,
+        route: RolloutRoute | None,
+        endpoint: str,
+        via_chat: bool,
+        responses_body: dict[str, Any],
+        receive: Any,
+        send: Any,
+    ) -> Response | None:
+        assert self.client is not None
         url = upstream.upstream_url(self._upstream_base(route), endpoint, request.url.query.encode())
         out_headers = upstream.forwarded_headers(request.headers.raw, model_call=True)
         out_headers.append((b"accept-encoding", b"identity"))
@@ -245,6 +276,8 @@ class GatewayApp:
             return _upstream_response(content, answer)
         try:
             data = orjson.loads(content)
+            if not isinstance(data, dict):
+                raise orjson.JSONDecodeError("not a JSON object", "", 0)
         except orjson.JSONDecodeError:
             self.stats.count("failed")
             call.fail("invalid_upstream_answer", f"the model server's answer is not JSON: {_text(content)}")
@@ -255,7 +288,7 @@ class GatewayApp:
                 return _one_piece_events(responses_body, data, asked)
             asked_ids = asked is not None and asked.token_ids
             return _json(orjson.dumps(responses_translation.response_from_chat(responses_body, data, asked_ids)))
-        if streamed:  # e.g. our policy server, which answers in one piece: the caller still gets its stream
+        if streamed and call.api != attrs.RESPONSES:  # e.g. our policy server, which cannot stream
             return _one_piece_chunks(data, asked, chat=call.api == attrs.CHAT)
         if asked is None or asked.everything:
             return _json(content, answer.status_code)
