@@ -139,6 +139,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " refused with a retryable error and what is stored is kept (env LIGHTNING_MAX_STORE_MB)",
     )
     parser.add_argument(
+        "--retain-hours",
+        type=float,
+        default=float(_env("LIGHTNING_RETAIN_HOURS", "0")),
+        help="delete completed rollouts' spans, and events every durable consumer has acknowledged, this many hours"
+        " after they were written, in the background; 0: keep them (env LIGHTNING_RETAIN_HOURS)",
+    )
+    parser.add_argument(
+        "--retain-mb",
+        type=float,
+        default=float(_env("LIGHTNING_RETAIN_MB", "0")),
+        help="byte budget of the store: above it the oldest completed rollouts and acknowledged events go first,"
+        " whatever their age (never what a consumer has not acknowledged); 0: none (env LIGHTNING_RETAIN_MB)",
+    )
+    parser.add_argument(
         "--memory-limit-mb",
         type=float,
         default=float(_env("LIGHTNING_MEMORY_LIMIT_MB", "2048")),
@@ -298,6 +312,8 @@ def _start(args: argparse.Namespace) -> tuple[CollectorServer, CollectorConfig]:
         max_attempts=args.max_attempts,
         max_store_bytes=int(args.max_store_mb * 1024 * 1024) or None,
         memory_limit_bytes=int(args.memory_limit_mb * 1024 * 1024) or None,
+        retain_s=args.retain_hours * 3600 or None,
+        retain_bytes=int(args.retain_mb * 1024 * 1024) or None,
         require_reward=args.require_reward,
         episodes=args.episodes,
         episode_idle_s=args.episode_idle_s,

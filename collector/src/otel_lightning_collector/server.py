@@ -25,6 +25,7 @@ from otel_lightning_collector.metrics import CollectorMetrics
 from otel_lightning_collector.notifier import Notifier
 from otel_lightning_collector.otlp_http import HttpLimits, OtlpHttpReceiver
 from otel_lightning_collector.otlp_receiver import OtlpTraceReceiver
+from otel_lightning_collector.retention import RetentionPolicy, RetentionSweeper
 from otel_lightning_collector.status_report import CollectorStatusService, StatusReporter, counters_of
 from otel_lightning_collector.store import Completion, Store
 from otel_lightning_collector.stream_service import DEFAULT_MAX_STREAMS, TransitionStreamService
@@ -82,6 +83,11 @@ class CollectorConfig:
     # acknowledged backlog drains (MemoryLimiter). None: no limit (a collector embedded in a trainer
     # shares its process with the model; the CLI's --memory-limit-mb sets one).
     memory_limit_bytes: int | None = None
+    # Retention (RetentionSweeper): completed rollouts' spans and acknowledged events older than this go;
+    # a byte budget for the store's pages in use; None: kept forever.
+    retain_s: float | None = None
+    retain_bytes: int | None = None
+    retention_interval_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
     max_attempts: int = 3
     # Wait before a requeued sample can be claimed again; doubles with each attempt (at most 60 s).
@@ -219,6 +225,8 @@ class CollectorServer:
                 else None
             ),
         )
+        retention = RetentionPolicy(config.retain_s, config.retain_bytes, config.retention_interval_s)
+        self.retention = RetentionSweeper(self.store, retention) if retention.enabled else None
         self.receiver = OtlpTraceReceiver(self.intake)
         self.stream = TransitionStreamService(self.store, self.notifier, max_streams=config.max_streams)
         self.task_pool = TaskPool(
@@ -295,6 +303,8 @@ class CollectorServer:
     def _counters(self) -> dict[str, int]:
         forwarded = self.forwarder.counters if self.forwarder is not None else None
         found = counters_of("intake", self.intake.counters, "index", self.indexer.counters, "forward", forwarded)
+        if self.retention is not None:
+            found.update(counters_of("retention", self.retention.counters))
         return {**found, **self.extras.counters()}
 
     def _retry_failed_model_calls(self, completions: list[Completion]) -> set[str]:
@@ -309,6 +319,8 @@ class CollectorServer:
         self.indexer.start()
         self.assembler.start()
         self.task_pool.start_reaper()
+        if self.retention is not None:
+            self.retention.start()
         self._server.start()
         if self.http is not None:
             self.http.start()
@@ -332,6 +344,8 @@ class CollectorServer:
         if self.forwarder is not None:
             self.forwarder.stop()
         self.extras.stop()
+        if self.retention is not None:
+            self.retention.stop()
         self.task_pool.stop_reaper()
         self.indexer.stop()
         self.assembler.stop()

@@ -538,7 +538,11 @@ class Store:
         return [StoredEvent(*row) for row in rows]
 
     def last_sequence(self) -> int:
-        row = self._reader().execute("SELECT MAX(sequence) FROM events").fetchone()
+        # AUTOINCREMENT's counter too: retention may have deleted every event up to the last one.
+        row = self._reader().execute(
+            "SELECT MAX(COALESCE((SELECT MAX(sequence) FROM events), 0),"
+            " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
+        ).fetchone()
         return row[0] or 0
 
     def acked_sequence(self, consumer: str) -> int:

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning_collector.notifier import Notifier
 from otel_lightning_collector.store import EVENT_REWARD_UPDATE, EVENT_TRANSITION, Store, StoredEvent
+from otel_lightning_collector.store_retention import deleted_through
 
 logger = logging.getLogger(__name__)
 
@@ -150,12 +151,14 @@ class TransitionStreamService:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"consumer names are at most {_MAX_CONSUMER_NAME} bytes")
         from_latest = subscribe.from_latest and subscribe.follow and not subscribe.consumer
         if subscribe.consumer:
-            start = self.store.acked_sequence(subscribe.consumer)
+            # start_after lets a new consumer begin past what retention deleted.
+            start = max(self.store.acked_sequence(subscribe.consumer), subscribe.start_after)
         else:
             start = self.store.last_sequence() if from_latest else subscribe.start_after
         window = subscribe.max_in_flight or DEFAULT_MAX_IN_FLIGHT
         # Without follow, the reader gets what was committed when it subscribed, then CaughtUp.
         end = None if subscribe.follow else self.store.last_sequence()
+        self._check_retained(start, context)
         acks = _Acks(self.store, subscribe.consumer, start)
         # A reconnecting client first re-sends its last ack, which can be past what the store had
         # persisted: an ack up to its start_after is fair (never past the last event stored).
@@ -182,6 +185,8 @@ class TransitionStreamService:
                 continue
             generation = self.notifier.generation
             events = self.store.events_after(cursor, min(room, _PAGE), end)
+            if events and events[0].sequence != cursor + 1:
+                self._check_retained(cursor, context)  # a gap: deleted under a slow reader?
             for stored in events:
                 cursor = stored.sequence
                 if stored.kind == EVENT_REWARD_UPDATE and not subscribe.reward_updates:
@@ -197,6 +202,17 @@ class TransitionStreamService:
                 return
             acks.persist()
             self.notifier.wait(generation, _POLL_S)
+
+    def _check_retained(self, after: int, context: grpc.ServicerContext) -> None:
+        """A reader must not silently miss events retention deleted: OUT_OF_RANGE naming the first kept."""
+        deleted = deleted_through(self.store)
+        if after < deleted:
+            context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"events {after + 1}..{deleted} were deleted by the collector's retention (--retain-hours,"
+                f" --retain-mb) before this reader had them; the first event kept is {deleted + 1}:"
+                f" subscribe with start_after={deleted} to go on from there",
+            )
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
