@@ -31,7 +31,7 @@ AGENT = textwrap.dedent(
         print("something broke in the agent", file=sys.stderr)
         sys.exit(3)
     if task["mode"] == "hang":
-        time.sleep(120)
+        time.sleep(300)
     client = openai.OpenAI()
     reply = client.chat.completions.create(model="stub", messages=[{"role": "user", "content": task["question"]}])
     ol.emit_reward(float("42" in reply.choices[0].message.content))
@@ -56,9 +56,9 @@ def test_subprocess_agent_outcomes_become_rollout_statuses(collector, otlp_expor
     script = tmp_path / "agent.py"
     script.write_text(AGENT)
     agent = SubprocessAgent(
-        # 25 s: an agent under opentelemetry-instrument takes seconds to start on a loaded 2-core machine.
+        # 60 s: an agent under opentelemetry-instrument takes 10-20 s to start on a loaded 2-core machine.
         [sys.executable, str(script)],
-        timeout_s=25,
+        timeout_s=60,
         openai_base_url=openai_stub.base_url,
         collector=collector.address,
         env=ONLY_OURS,
@@ -68,7 +68,7 @@ def test_subprocess_agent_outcomes_become_rollout_statuses(collector, otlp_expor
     pool.submit(
         [("ok", {"mode": "ok", "question": "What is 6*7?"}), ("crash", {"mode": "crash"}), ("hang", {"mode": "hang"})]
     )
-    run_until_done(worker, pool, 3)
+    run_until_done(worker, pool, 3, timeout_s=120)
     otlp_export.flush()
     samples = {task: collector.task_pool.sample(task, 0) for task in ("ok", "crash", "hang")}
     assert samples["ok"]["status"] == "succeeded"
@@ -76,7 +76,7 @@ def test_subprocess_agent_outcomes_become_rollout_statuses(collector, otlp_expor
     assert "exited with code 3" in samples["crash"]["error"]
     assert "something broke in the agent" in samples["crash"]["error"]
     assert samples["hang"]["status"] == "timeout"
-    assert "ran past 25s" in samples["hang"]["error"]  # the subprocess limit, not the worker's
+    assert "ran past 60s" in samples["hang"]["error"]  # the subprocess limit, not the worker's
 
     events = wait_for_rollouts(collector.address, 3)
     by_task = {r.task_id: r for r in rollouts(events)}
