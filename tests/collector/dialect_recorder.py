@@ -100,6 +100,25 @@ def _pydantic_ai_conversation(base_url: str) -> None:
     agent.run_sync(QUESTION)
 
 
+def _langgraph_subgraph_conversation(base_url: str) -> None:
+    """A graph whose node is a `create_react_agent(name="math_expert")` subgraph."""
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.prebuilt import create_react_agent
+
+    @tool
+    def calculator(expression: str) -> str:
+        """Evaluate an arithmetic expression."""
+        return _calculate(expression)
+
+    model = ChatOpenAI(model="stub", base_url=base_url, api_key="stub")
+    graph = StateGraph(MessagesState)
+    graph.add_node("math_expert", create_react_agent(model, [calculator], name="math_expert"))
+    graph.add_edge(START, "math_expert")
+    graph.compile().invoke({"messages": [{"role": "user", "content": QUESTION}]})
+
+
 def _install(dialect: str, provider: TracerProvider) -> Callable[[str], None]:
     if dialect == "openinference":
         from openinference.instrumentation.openai import OpenAIInstrumentor
@@ -126,6 +145,13 @@ def _install(dialect: str, provider: TracerProvider) -> Callable[[str], None]:
 
         LangChainInstrumentor().instrument(tracer_provider=provider)
         return _langchain_conversation
+    if dialect == "ours-langgraph":
+        from otel_lightning_instrumentation_langchain import LangChainInstrumentor as OurLangChainInstrumentor
+        from otel_lightning_instrumentation_openai import OpenAIInstrumentor
+
+        OurLangChainInstrumentor().instrument(tracer_provider=provider)
+        OpenAIInstrumentor().instrument(tracer_provider=provider)
+        return _langgraph_subgraph_conversation
     if dialect == "openinference-pydantic-ai":
         from openinference.instrumentation.pydantic_ai import OpenInferenceSpanProcessor
 

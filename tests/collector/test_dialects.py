@@ -257,3 +257,15 @@ def test_langgraph_subgraph_agents_get_their_own_names() -> None:
     assert agent_from_metadata({"langgraph_node": "agent", "langgraph_checkpoint_ns": "agent:2a9"}) == "agent"
     assert agent_from_metadata({**inner, "lc_agent_name": "researcher"}) == "researcher"
     assert agent_from_metadata("not json") is None
+
+
+def test_our_langgraph_subgraph_agents_get_their_own_names(tmp_path: Path) -> None:
+    """create_react_agent(name="math_expert") as a graph node: its turns run in its inner node `agent`."""
+    out = tmp_path / "langgraph.otlp"
+    with StubOpenAIServer() as stub:
+        subprocess.run(
+            [sys.executable, str(RECORDER), "ours-langgraph", stub.base_url, str(out)], check=True, timeout=120
+        )
+    steps = [step for span in _spans(out) if (step := read_span(span_view(span))) is not None and step.kind == LLM]
+    assert len(steps) >= 2
+    assert {step.agent for step in steps} == {"math_expert"}

@@ -4,8 +4,11 @@ version are `lightning.llm.*`; `lightning.llm.source = "gateway"` marks the gate
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from otel_lightning import semconv
-from otel_lightning_collector.dialects import genai
+from otel_lightning_collector.dialects import genai, openinference
 from otel_lightning_collector.dialects.step import AGENT, LLM, TOOL, CanonicalStep, SpanView, first_string
 
 NAME = "ours"
@@ -15,6 +18,14 @@ _KINDS = {
     semconv.SPAN_KIND_TOOL: TOOL,
     semconv.SPAN_KIND_AGENT: AGENT,
 }
+
+
+def _is_node_name(metadata: Any, agent: str) -> bool:
+    try:
+        found = json.loads(metadata) if isinstance(metadata, str) else metadata
+    except ValueError:
+        return False
+    return isinstance(found, dict) and found.get("langgraph_node") == agent and not found.get("lc_agent_name")
 
 
 def recognises(view: SpanView) -> bool:
@@ -30,6 +41,12 @@ def read(view: SpanView) -> CanonicalStep | None:
     step = genai.read(view, dialect=NAME) or CanonicalStep(kind=kind, dialect=NAME)
     step.kind = kind
     step.agent = first_string(found, semconv.AGENT_NAME, semconv.GEN_AI_AGENT_NAME) or None
+    # Our LangChain instrumentor names an agent by its LangGraph node when nothing better is known;
+    # a `create_react_agent(name=...)` subgraph runs its turns in its node `agent`: the subgraph's
+    # name, in the run's metadata (langgraph_checkpoint_ns), is the agent.
+    metadata = found.get(openinference.METADATA)
+    if metadata and step.agent and _is_node_name(metadata, step.agent):
+        step.agent = openinference.agent_from_metadata(metadata) or step.agent
     step.prompt_token_ids = found.get(semconv.PROMPT_TOKEN_IDS)
     step.response_token_ids = found.get(semconv.RESPONSE_TOKEN_IDS)
     step.response_logprobs = found.get(semconv.RESPONSE_LOGPROBS)
