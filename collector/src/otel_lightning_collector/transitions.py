@@ -110,7 +110,8 @@ def _token_ids_note(without: list[Step], total: int) -> str:
     return (
         f"{len(without)} of {total} LLM calls carry no token ids (spans from {', '.join(dialects)} instrumentation, "
         "which records none): run the agent through the model gateway (`otel-lightning worker` starts one by "
-        "default; `otel-lightning gateway` otherwise), or let the trainer retokenise them (--retokenize)"
+        "default; `otel-lightning gateway` otherwise); trainers never retokenise text, so these steps are not"
+        " trained on"
     )
 
 
