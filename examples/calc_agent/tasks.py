@@ -8,6 +8,7 @@ from typing import Any
 from otel_lightning.train.tokenizer import ByteChatTokenizer
 
 OPERATORS = "+-*"
+TOOL_SHARE = 0.5  # of the warm start's demonstrations that call the calculator
 
 
 def make_tasks(count: int, seed: int, prefix: str) -> list[tuple[str, dict[str, Any]]]:
@@ -20,16 +21,23 @@ def make_tasks(count: int, seed: int, prefix: str) -> list[tuple[str, dict[str, 
     return tasks
 
 
-def demonstrations(tokenizer: ByteChatTokenizer, count: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """Mixed demonstrations: half answer directly, usually wrongly; half call the calculator and
-    then repeat its result. GRPO has to find out which of the two pays."""
+def guess_for(answer: str, rng: random.Random) -> str:
+    """An answer given without the calculator: near the right one, right one time in seven."""
+    return str(int(answer) + rng.choice((-10, -2, -1, 0, 1, 2, 10)))
+
+
+def demonstrations(
+    tokenizer: ByteChatTokenizer, count: int, seed: int, tool_share: float = TOOL_SHARE
+) -> list[tuple[list[int], list[int]]]:
+    """Mixed demonstrations: most answer directly, usually wrongly; `tool_share` of them call the
+    calculator and then repeat its result. GRPO has to find out which of the two pays."""
     rng = random.Random(seed)
     examples = []
     for _, task in make_tasks(count, seed, "demo"):
         user = {"role": "user", "content": task["question"]}
         expression = task["question"].removeprefix("What is ").removesuffix("?")
-        if rng.random() < 0.5:
-            guess = str(int(task["answer"]) + rng.choice((-10, -2, -1, 0, 1, 2, 10)))
+        if rng.random() >= tool_share:
+            guess = guess_for(task["answer"], rng)
             examples.append(
                 (tokenizer.encode_prompt([user], "calculator"), [*tokenizer.encode_text(guess), tokenizer.eos_id])
             )

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from examples.calc_agent import agent
+from examples.calc_agent import agent, two_agents
 from examples.calc_agent.tasks import demonstrations, make_tasks
 from otel_lightning.stream_client import TransitionStreamClient
 from otel_lightning.task_client import TaskPoolClient
@@ -37,13 +37,24 @@ from otel_lightning.train.model import parameter_count
 from otel_lightning.train.policies import MODELS, build_policy
 from otel_lightning.train.policy_server import PolicyServer
 from otel_lightning.train.sft import warm_start
-from otel_lightning.train.trainer import GRPOTrainer, RolloutGroups, TrainerConfig
+from otel_lightning.train.tracking import Tracker, parse_loggers
+from otel_lightning.train.trainer import GRPOTrainer, RolloutGroups, TrainerConfig, rollout_stats
 from otel_lightning.worker import SubprocessAgent, Worker
 
 if TYPE_CHECKING:
     from otel_lightning.ray_workers import RayWorkerFleet
 from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_instrumentation_openai import OpenAIInstrumentor
+
+GRPO_LR = 5e-4
+LORA_LR = 5e-3  # adapters start at zero and hold few weights: they move with a larger step
+WARM_START_LR = 3e-3
+
+# App name -> (the agent, its warm-start demonstrations).
+APPS = {
+    "calc": (agent.run, demonstrations),
+    "triage": (two_agents.run, two_agents.demonstrations),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +91,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " cluster at RAY_ADDRESS (e.g. when this script runs as a Ray job), else a local one",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--app",
+        choices=sorted(APPS),
+        default="calc",
+        help="the in-process agent app: calc (one agent with a calculator) or triage (a triage agent handing off to"
+        " a math agent: examples/calc_agent/two_agents.py)",
+    )
+    parser.add_argument(
+        "--logger",
+        default=os.environ.get("LIGHTNING_LOGGER", ""),
+        help="per-step figures to any of console,tensorboard,mlflow (comma-separated; files under --out;"
+        " MLFLOW_TRACKING_URI overrides the local SQLite store)",
+    )
+    parser.add_argument(
+        "--policy-per-agent",
+        action="store_true",
+        help="one LoRA adapter per trained agent on the warm-started base; the policy server answers each agent"
+        " with its own",
+    )
     parser.add_argument("--resume", help="checkpoint.pt of an earlier run: continue from its weights and optimizer")
     return parser.parse_args(argv)
 
@@ -100,16 +130,18 @@ def run_tasks(pool, groups, tracer_provider, tasks, group_size: int, timeout_s: 
     return collected
 
 
-def evaluate(policy, pool, groups, tracer_provider, tasks) -> float:
-    """Mean reward over held-out tasks through the same agent, greedy decoding."""
+def evaluate(policy, pool, groups, tracer_provider, tasks) -> tuple[float, dict[str, float]]:
+    """Mean reward over held-out tasks through the same agent, greedy decoding; and per agent."""
     policy.greedy = True
     try:
         collected = run_tasks(pool, groups, tracer_provider, tasks, group_size=1)
     finally:
         policy.greedy = False
     groups.ack_consumed()
-    rewards = [r.reward if r.status == "succeeded" else 0.0 for records in collected.values() for r in records]
-    return sum(rewards) / max(len(tasks), 1)
+    records = [r for members in collected.values() for r in members]
+    rewards = [r.reward if r.status == "succeeded" else 0.0 for r in records]
+    agents = {name: figures["reward_mean"] for name, figures in rollout_stats(records)["agents"].items()}
+    return sum(rewards) / max(len(tasks), 1), agents
 
 
 def plot(curve: list[dict], before: float, after: float, path: Path) -> None:
@@ -148,7 +180,8 @@ def start_ray_workers(args: argparse.Namespace, collector: str, policy_url: str)
 
     # Actors import the agent from this checkout, as this script does.
     ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
-    command = agent_command(args.agent_command) if args.agent_command else ["examples.calc_agent.agent:run"]
+    app = APPS[args.app][0]
+    command = agent_command(args.agent_command) if args.agent_command else [f"{app.__module__}:{app.__name__}"]
     return RayWorkerFleet(
         collector,
         command,
@@ -159,6 +192,17 @@ def start_ray_workers(args: argparse.Namespace, collector: str, policy_url: str)
         openai_base_url=policy_url,
         num_cpus_per_worker=0.5,
     ).start()
+
+
+def default_lr(args: argparse.Namespace) -> float:
+    if args.model != "tiny":
+        return 1e-6
+    return LORA_LR if args.policy_per_agent else GRPO_LR
+
+
+def run_params(args: argparse.Namespace) -> dict[str, object]:
+    """What an experiment tracker records about the run."""
+    return {key: value for key, value in vars(args).items() if value is not None and key not in ("out", "logger")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -179,7 +223,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not tiny:
         # Tool calls of a real model need room: <tool_call>{"name": ..., "arguments": {...}}</tool_call>.
         os.environ.setdefault("CALC_AGENT_MAX_TOKENS", "64")
-    trainer = GRPOTrainer(policy, TrainerConfig(lr=args.lr or (5e-4 if tiny else 1e-6)))
+    loggers = parse_loggers(args.logger)  # a misspelt logger fails here, not after the warm start
+    run_app, app_demonstrations = APPS[args.app]
+    trainer = GRPOTrainer(policy, TrainerConfig(lr=args.lr or default_lr(args)), policy_per_agent=args.policy_per_agent)
     if args.resume:
         trainer.load(args.resume)
         print(f"resumed from {args.resume}: policy version {policy.version}, {trainer.steps} GRPO steps done")
@@ -187,9 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
         bar = tqdm(total=args.warm_start_steps, desc="warm start (SFT on mixed demos)", unit="step", mininterval=1.0)
         warm_start(
             policy,
-            demonstrations(tokenizer, 4000, args.seed),
+            app_demonstrations(tokenizer, 4000, args.seed),
             steps=args.warm_start_steps,
-            lr=3e-3,
+            lr=WARM_START_LR,
             seed=args.seed,
             on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)),
         )
@@ -203,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     server = PolicyServer(policy).start()
     os.environ["OPENAI_BASE_URL"] = server.base_url
     provider = setup_tracing(collector.address)
-    run_agent = agent.run
+    run_agent = run_app
     if args.agent_command:
         # Unchanged agent code: the subprocess gets the policy server as OPENAI_BASE_URL and exports its spans.
         run_agent = SubprocessAgent(
@@ -221,9 +267,14 @@ def main(argv: list[str] | None = None) -> dict:
     pool = TaskPoolClient(collector.address)
     groups = RolloutGroups(TransitionStreamClient(collector.address, consumer="trainer", max_in_flight=4096))
     heldout = make_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout")
+    tracker = Tracker(loggers, out, run_name=f"{args.app}-seed{args.seed}", params=run_params(args))
 
+    failed = True
     try:
-        before = evaluate(policy, pool, groups, provider, [(f"before-{task_id}", task) for task_id, task in heldout])
+        before, before_agents = evaluate(
+            policy, pool, groups, provider, [(f"before-{task_id}", task) for task_id, task in heldout]
+        )
+        tracker.log({"heldout_reward": before, "heldout_agents": before_agents}, step=0)
         curve, step_times, wait_times = [], [], []
         first_step = trainer.steps  # a resumed run draws new tasks
         bar = tqdm(range(args.steps), desc="GRPO", unit="step", mininterval=1.0)
@@ -238,10 +289,17 @@ def main(argv: list[str] | None = None) -> dict:
             stats = trainer.step(collected)
             step_times.append(time.perf_counter() - stepped)
             groups.ack_consumed()
+            stats["step_s"] = wait_times[-1] + step_times[-1]
+            stats["rollouts_per_s"] = stats["rollouts"] / max(wait_times[-1], 1e-9)
             curve.append({"step": step, **stats})
+            tracker.log(stats, step=first_step + step + 1)
             bar.set_postfix(reward=f"{stats['mean_reward']:.2f}", version=policy.version, refresh=False)
-        after = evaluate(policy, pool, groups, provider, [(f"after-{task_id}", task) for task_id, task in heldout])
+        after, after_agents = evaluate(
+            policy, pool, groups, provider, [(f"after-{task_id}", task) for task_id, task in heldout]
+        )
+        tracker.log({"heldout_reward": after, "heldout_agents": after_agents}, step=first_step + args.steps)
         trainer.save(out / "checkpoint.pt")
+        failed = False
     finally:
         groups.close()
         workers.stop()
@@ -250,12 +308,16 @@ def main(argv: list[str] | None = None) -> dict:
         server.stop()
         provider.shutdown()
         collector.stop()
+        if failed:
+            tracker.close(failed=True)
 
     total_s = time.perf_counter() - started
     rollouts = sum(p["rollouts"] for p in curve)
     summary = {
         "held_out_reward_before": before,
         "held_out_reward_after": after,
+        "held_out_reward_before_per_agent": before_agents,
+        "held_out_reward_after_per_agent": after_agents,
         "held_out_tasks": args.heldout,
         "steps": args.steps,
         "rollouts_per_step": args.tasks_per_step * args.group_size,
@@ -272,7 +334,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(curve, before, after, out / "reward_curve.png")
+    tracker.log_artifact(out / "reward_curve.png")
+    tracker.close()
     print(f"reward curve: {out / 'reward_curve.png'}, summary: {out / 'summary.json'} ({total_s:.0f}s)")
+    for name in sorted(after_agents) if len(after_agents) > 1 else ():
+        print(f"  agent {name}: before={before_agents.get(name, 0.0):.2f} after={after_agents[name]:.2f}")
     print(f"held-out reward: before={before:.2f} after={after:.2f}")
     return summary
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from otel_lightning.train.tokenizer import ChatTokenizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,6 +28,7 @@ class GenerationRequest:
     max_new_tokens: int = 32
     temperature: float = 1.0
     seed: int | None = None
+    agent: str | None = None  # whose adapter answers, when the policy has one per agent (else the base model)
 
 
 class TorchPolicy:
@@ -39,9 +44,22 @@ class TorchPolicy:
         self.version = 0
         self.lock = threading.RLock()
         self.greedy = False  # evaluation mode: argmax instead of sampling
+        # A policy per agent (otel_lightning.train.adapters): agent name -> LoRA adapter key in `model`.
+        self.adapters: dict[str, str] = {}
+        self.lora_settings: Any = None
+        self._unadapted: set[str] = set()
         # transformers renamed `past_key_values` to `cache` (argument and output) in 5.11.
-        parameters = inspect.signature(model.forward).parameters
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        parameters = inspect.signature(base.forward).parameters
         self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
+
+    def adapter_key(self, agent: str | None) -> str:
+        """The adapter that answers `agent`; "__base__" (peft's name for the base model) when it has none."""
+        key = self.adapters.get(agent or "")
+        if key is None and agent and self.adapters and agent not in self._unadapted:
+            self._unadapted.add(agent)  # said once per name: the base model answers it
+            logger.warning("no adapter for agent %r (has: %s): the base model answers", agent, sorted(self.adapters))
+        return key or "__base__"
 
     @torch.no_grad()
     def generate_batch(self, requests: list[GenerationRequest]) -> tuple[list[Generation], int]:
@@ -63,6 +81,8 @@ class TorchPolicy:
         with self.lock:
             self.model.eval()
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            # Rows of different agents run in one batch, each through its own adapter (peft's mixed batches).
+            routing = {"adapter_names": [self.adapter_key(r.agent) for r in requests]} if self.adapters else {}
             cache = None
             step_ids = ids
             for step in range(max(r.max_new_tokens for r in requests)):
@@ -72,6 +92,7 @@ class TorchPolicy:
                     position_ids=positions,
                     use_cache=True,
                     **{self._cache_argument: cache},
+                    **routing,
                 )
                 cache = getattr(output, self._cache_argument)
                 logits = output.logits[:, -1].float()

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import uvicorn
@@ -20,9 +20,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry import baggage
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from pydantic import BaseModel, ConfigDict, Field
 
 from otel_lightning.listen import check_listen
+from otel_lightning.semconv import BAGGAGE_AGENT_NAME
 from otel_lightning.train.batching import BatchScheduler
 from otel_lightning.train.policy import Generation, GenerationRequest, TorchPolicy
 
@@ -65,8 +68,21 @@ class PromptTooLongError(ValueError):
     pass
 
 
+def requested_agent(policy: TorchPolicy, model: str, headers: Mapping[str, str]) -> str | None:
+    """Whose adapter answers, when the policy has one per agent: the agent named in the request's W3C
+    baggage (`lightning.agent.name`, as a gateway that attributes calls to agents forwards it), else
+    the model name asked for. A name with no adapter gets the base model (TorchPolicy.adapter_key logs it)."""
+    if not policy.adapters:
+        return None
+    carried = baggage.get_baggage(BAGGAGE_AGENT_NAME, W3CBaggagePropagator().extract(headers)) if headers else None
+    return str(carried) if carried else (model or None)
+
+
 def chat_completion(
-    policy: TorchPolicy, request: ChatRequest, generate: Callable[[GenerationRequest], tuple[Generation, int]]
+    policy: TorchPolicy,
+    request: ChatRequest,
+    generate: Callable[[GenerationRequest], tuple[Generation, int]],
+    agent: str | None = None,
 ) -> dict[str, Any]:
     tokenizer = policy.tokenizer
     tools = {(t.get("function") or {}).get("name"): t for t in request.tools or []}
@@ -85,7 +101,7 @@ def chat_completion(
             f" {context}-token context: shorten it or ask for fewer tokens"
         )
     temperature = 1.0 if request.temperature is None else request.temperature
-    generation, version = generate(GenerationRequest(prompt_ids, max_tokens, temperature, request.seed))
+    generation, version = generate(GenerationRequest(prompt_ids, max_tokens, temperature, request.seed, agent))
     text, calls = tokenizer.parse_completion(generation.token_ids, default_tool or "")
     tool_calls = [
         {
@@ -219,16 +235,20 @@ def create_app(
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": policy.name, "object": "model", "policy_version": policy.version}]}
+        # With a policy per agent, each agent's adapter is a model of its own name.
+        names = [policy.name, *policy.adapters]
+        data = [{"id": name, "object": "model", "policy_version": policy.version} for name in names]
+        return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
-    async def completions(request: ChatRequest) -> dict[str, Any]:
+    async def completions(request: ChatRequest, http_request: Request) -> dict[str, Any]:
         if request.stream:
             raise HTTPException(400, "streaming is not supported by the embedded policy server; use stream=false")
         if not request.messages:
             raise HTTPException(400, "messages must not be empty")
         try:
-            return await run_in_threadpool(chat_completion, policy, request, scheduler.generate)
+            agent = requested_agent(policy, request.model, http_request.headers)
+            return await run_in_threadpool(chat_completion, policy, request, scheduler.generate, agent)
         except PromptTooLongError as error:
             raise HTTPException(400, str(error)) from None
 

@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,13 @@ import torch
 
 from otel_lightning.merged_stream import MergedTransitionStream
 from otel_lightning.stream_client import TransitionStreamClient
+from otel_lightning.train.adapters import (
+    LoraSettings,
+    adapter_parameters,
+    adapter_weights,
+    add_adapter,
+    set_adapter_weights,
+)
 from otel_lightning.train.grpo import clipped_policy_loss, grpo_outcome_advantage, sequence_with_mask
 from otel_lightning.train.policy import TorchPolicy
 from otel_lightning.train.sft import pad_batch, token_logprobs
@@ -144,17 +151,70 @@ class RolloutGroups:
             self.client.ack(self._last_sequence)
 
 
-def load_policy(policy: TorchPolicy, path: str | Path) -> dict[str, Any]:
-    """Put a checkpoint's weights and policy version (GRPOTrainer.save) into `policy`; returns the checkpoint."""
-    state = torch.load(path, weights_only=True)
-    with policy.lock:
-        policy.model.load_state_dict(state["model"])
-        policy.version = int(state["policy_version"])
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint GRPOTrainer.save wrote; a missing, damaged or foreign file is an error naming it."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except Exception as error:  # pickle, zip and tensor errors alike
+        raise ValueError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
+    if not isinstance(state, dict) or not {"model", "policy_version"} <= state.keys():
+        raise ValueError(f"checkpoint {path} is not one GRPOTrainer.save wrote (no model weights / policy version)")
     return state
 
 
+def load_policy(policy: TorchPolicy, path: str | Path) -> dict[str, Any]:
+    """Put a checkpoint's weights, adapters and policy version (GRPOTrainer.save) into `policy`; returns it."""
+    state = _read_checkpoint(path)
+    try:
+        with policy.lock:
+            missing, unexpected = _load_base_weights(_unwrapped(policy), state["model"])
+            if missing or unexpected:
+                raise ValueError(f"weights do not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            for agent, weights in (state.get("adapters") or {}).items():
+                set_adapter_weights(policy, agent, weights, LoraSettings(**state.get("lora", {})))
+            policy.version = int(state["policy_version"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"checkpoint {path} does not fit this policy: {error}") from error
+    return state
+
+
+def _unwrapped(policy: TorchPolicy) -> torch.nn.Module:
+    """The transformers model under peft's wrapper (its LoRA layers still inside)."""
+    return policy.model.get_base_model() if hasattr(policy.model, "get_base_model") else policy.model
+
+
+def _base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's weights under their own names, without LoRA layers (what a plain model loads)."""
+    return {key.replace(".base_layer.", "."): value for key, value in model.state_dict().items() if ".lora_" not in key}
+
+
+def _load_base_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    wrapped = {key.replace(".base_layer.", "."): key for key in model.state_dict() if ".lora_" not in key}
+    missing = [key for key in wrapped if key not in weights]
+    unexpected = [key for key in weights if key not in wrapped]
+    model.load_state_dict({wrapped[key]: value for key, value in weights.items() if key in wrapped}, strict=False)
+    return missing, unexpected
+
+
+@dataclass
+class _Batch:
+    """The sequences of one update: prompt + response ids, loss masks, advantages, sampling logprobs."""
+
+    sequences: list[list[int]] = field(default_factory=list)
+    masks: list[list[int]] = field(default_factory=list)
+    advantages: list[float] = field(default_factory=list)
+    old: list[list[float] | None] = field(default_factory=list)
+
+
 class GRPOTrainer:
-    def __init__(self, policy: TorchPolicy, config: TrainerConfig | None = None) -> None:
+    """GRPO on completed rollout groups. With `policy_per_agent` each agent's transitions update only
+    that agent's LoRA adapter (made on first sight; the base model stays frozen)."""
+
+    def __init__(
+        self, policy: TorchPolicy, config: TrainerConfig | None = None, *, policy_per_agent: bool = False
+    ) -> None:
         self.policy = policy
         self.config = config or TrainerConfig()
         if self.config.failed_rollouts not in ("drop", "penalty"):
@@ -162,8 +222,22 @@ class GRPOTrainer:
         unknown = {action for action in self.config.status_policy.values() if action not in ACTIONS}
         if unknown:
             raise ValueError(f"status_policy actions must be among {ACTIONS}, not {sorted(unknown)}")
-        self.optimizer = torch.optim.AdamW(policy.model.parameters(), lr=self.config.lr)
+        self.policy_per_agent = policy_per_agent or bool(policy.adapters)
+        # One optimizer for the whole model, or one per agent's adapter.
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        if not self.policy_per_agent:
+            self.optimizers[""] = torch.optim.AdamW(policy.model.parameters(), lr=self.config.lr)
         self.steps = 0
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizers[""]
+
+    def _optimizer_for(self, agent: str) -> torch.optim.Optimizer:
+        if agent not in self.optimizers:
+            add_adapter(self.policy, agent)
+            self.optimizers[agent] = torch.optim.AdamW(adapter_parameters(self.policy, agent), lr=self.config.lr)
+        return self.optimizers[agent]
 
     def _rewards(self, groups: dict[str, list[RolloutRecord]]) -> tuple[list[RolloutRecord], list[float], list[int]]:
         records, rewards, group_ids = [], [], []
@@ -179,75 +253,134 @@ class GRPOTrainer:
         return records, rewards, group_ids
 
     def step(self, groups: dict[str, list[RolloutRecord]]) -> dict[str, Any]:
-        """One policy update on the given groups; bumps the policy version. Returns statistics."""
+        """One policy update on the given groups; bumps the policy version. Returns statistics: rollouts by
+        status, reward mean/std (overall and per agent), tokens, sequences, loss, KL, clip fraction."""
+        started = time.perf_counter()
         records, rewards, group_ids = self._rewards(groups)
         all_records = [r for members in groups.values() for r in members]
-        stats: dict[str, Any] = {
-            "rollouts": len(all_records),
-            "dropped": len(all_records) - len(records),
-            "mean_reward": sum(r.reward for r in all_records if r.status == SUCCEEDED) / max(len(all_records), 1),
-        }
+        stats: dict[str, Any] = {"rollouts": len(all_records), "dropped": len(all_records) - len(records)}
+        stats.update(rollout_stats(all_records))
         if not records:
             return {**stats, "sequences": 0, "loss": 0.0}
         advantages = grpo_outcome_advantage(torch.tensor(rewards), torch.tensor(group_ids))
-        sequences, masks, sequence_advantages, old = [], [], [], []
+        batches: dict[str, _Batch] = {}
         for record, advantage in zip(records, advantages.tolist(), strict=True):
             if advantage == 0.0:
                 continue  # a group whose rollouts all scored the same carries no signal
             for transition in record.transitions:
                 if not transition.response_token_ids:
-                    # No exact token ids: never re-tokenise text; counted and said (never silently skipped).
-                    stats["skipped_without_token_ids"] = stats.get("skipped_without_token_ids", 0) + 1
-                    continue
+                    continue  # no exact token ids: never re-tokenise text
+                batch = batches.setdefault(transition.agent if self.policy_per_agent else "", _Batch())
                 ids, mask = sequence_with_mask(list(transition.prompt_token_ids), list(transition.response_token_ids))
-                sequences.append(ids)
-                masks.append(mask)
-                sequence_advantages.append(advantage)
+                batch.sequences.append(ids)
+                batch.masks.append(mask)
+                batch.advantages.append(advantage)
                 logprobs = list(transition.response_logprobs)
-                old.append(logprobs if len(logprobs) == len(transition.response_token_ids) else None)
-        stats["sequences"] = len(sequences)
-        if stats.get("skipped_without_token_ids"):
-            logger.warning(
-                "%d transition(s) skipped: no token ids (their rollouts say why: steps_without_token_ids);"
-                " run the agents through the model gateway (`otel-lightning worker` starts one by default)",
-                stats["skipped_without_token_ids"],
-            )
-        if not sequences:
+                batch.old.append(logprobs if len(logprobs) == len(transition.response_token_ids) else None)
+        stats["sequences"] = sum(len(batch.sequences) for batch in batches.values())
+        if not batches:
             return {**stats, "loss": 0.0}
+        updates: dict[str, dict[str, float]] = {}
         with self.policy.lock:
-            self.policy.model.train()
-            ids, attention = pad_batch(sequences, self.policy.tokenizer.pad_id)
-            loss_mask = pad_batch(masks, 0)[0][:, 1:].float()
-            logprobs = token_logprobs(self.policy.model, ids, attention)
-            old_logprobs = logprobs.detach().clone()
-            for row, given in enumerate(old):
-                if given is not None:
-                    start = int(masks[row].index(1)) - 1
-                    old_logprobs[row, start : start + len(given)] = torch.tensor(given)
-            loss, loss_stats = clipped_policy_loss(
-                logprobs, old_logprobs, torch.tensor(sequence_advantages), loss_mask, self.config.clip_ratio
-            )
-            self.optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.policy.model.parameters(), self.config.max_grad_norm)
-            self.optimizer.step()
+            for agent, batch in sorted(batches.items()):
+                updates[agent] = self._update(agent, batch)
             self.policy.model.eval()
             self.policy.version += 1
         self.steps += 1
-        return {**stats, "loss": float(loss), **loss_stats, "policy_version": self.policy.version}
+        tokens = sum(stat["tokens"] for stat in updates.values())
+        for key in ("loss", "clip_fraction", "approx_kl"):  # token-weighted over the agents' updates
+            stats[key] = sum(stat[key] * stat["tokens"] for stat in updates.values()) / max(tokens, 1)
+        if self.policy_per_agent:
+            for agent, stat in updates.items():
+                stats.setdefault("agents", {}).setdefault(agent, {}).update(
+                    {"loss": stat["loss"], "approx_kl": stat["approx_kl"], "clip_fraction": stat["clip_fraction"]}
+                )
+        return {**stats, "update_s": time.perf_counter() - started, "policy_version": self.policy.version}
+
+    def _update(self, agent: str, batch: _Batch) -> dict[str, float]:
+        """One optimizer step of the whole model, or of `agent`'s adapter only."""
+        optimizer = self.optimizers[""] if not self.policy_per_agent else self._optimizer_for(agent)
+        model = self.policy.model
+        if self.policy_per_agent:
+            model.set_adapter(self.policy.adapters[agent])  # only this adapter is in the graph and trainable
+        model.train()
+        ids, attention = pad_batch(batch.sequences, self.policy.tokenizer.pad_id)
+        loss_mask = pad_batch(batch.masks, 0)[0][:, 1:].float()
+        logprobs = token_logprobs(model, ids, attention)
+        old_logprobs = logprobs.detach().clone()
+        for row, given in enumerate(batch.old):
+            if given is not None:
+                start = int(batch.masks[row].index(1)) - 1
+                old_logprobs[row, start : start + len(given)] = torch.tensor(given)
+        loss, loss_stats = clipped_policy_loss(
+            logprobs, old_logprobs, torch.tensor(batch.advantages), loss_mask, self.config.clip_ratio
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
+        optimizer.step()
+        return {"loss": loss.item(), **loss_stats, "tokens": float(loss_mask.sum())}
 
     def save(self, path: str | Path) -> None:
-        torch.save(
-            {
-                "model": self.policy.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+        """Weights (the base model's under its own names; each agent's adapter apart), optimizers, version."""
+        with self.policy.lock:
+            state: dict[str, Any] = {
+                "model": _base_weights(_unwrapped(self.policy)),
                 "policy_version": self.policy.version,
                 "steps": self.steps,
-            },
-            path,
-        )
+            }
+            if self.policy.adapters:
+                state["adapters"] = {agent: adapter_weights(self.policy, agent) for agent in self.policy.adapters}
+                state["lora"] = asdict(self.policy.lora_settings or LoraSettings())
+                state["optimizers"] = {agent: o.state_dict() for agent, o in self.optimizers.items()}
+            else:
+                state["optimizer"] = self.optimizers[""].state_dict()
+        torch.save(state, path)
 
     def load(self, path: str | Path) -> None:
         state = load_policy(self.policy, path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.steps = int(state["steps"])
+        if state.get("adapters"):
+            self.policy_per_agent = True
+            for agent, optimizer_state in (state.get("optimizers") or {}).items():
+                self._optimizer_for(agent).load_state_dict(optimizer_state)
+        elif "optimizer" in state and "" in self.optimizers:
+            self.optimizers[""].load_state_dict(state["optimizer"])
+        self.steps = int(state.get("steps", 0))
+
+
+def rollout_stats(records: list[RolloutRecord]) -> dict[str, Any]:
+    """Rollouts by status; reward mean/std of succeeded ones (others count 0 in the mean, as before);
+    per agent: the mean of its transitions' rewards in each rollout it took part in; prompt/response tokens."""
+    statuses: dict[str, int] = {}
+    for record in records:
+        statuses[record.status] = statuses.get(record.status, 0) + 1
+    rewards = [record.reward if record.status == SUCCEEDED else 0.0 for record in records]
+    per_agent: dict[str, list[float]] = {}
+    prompt_tokens = response_tokens = 0
+    for record in records:
+        by_agent: dict[str, list[float]] = {}
+        for transition in record.transitions:
+            by_agent.setdefault(transition.agent or "default", []).append(transition.reward)
+            prompt_tokens += len(transition.prompt_token_ids)
+            response_tokens += len(transition.response_token_ids)
+        for agent, values in by_agent.items():
+            per_agent.setdefault(agent, []).append(sum(values) / len(values))
+    return {
+        "statuses": statuses,
+        "mean_reward": sum(rewards) / max(len(records), 1),
+        "reward_std": _std(rewards),
+        "agents": {
+            agent: {"reward_mean": sum(values) / len(values), "reward_std": _std(values), "rollouts": len(values)}
+            for agent, values in sorted(per_agent.items())
+        },
+        "prompt_tokens": prompt_tokens,
+        "response_tokens": response_tokens,
+    }
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return (sum((value - mean) ** 2 for value in values) / (len(values) - 1)) ** 0.5
