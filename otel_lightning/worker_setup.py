@@ -39,12 +39,26 @@ def setup_worker_tracing(collector: str) -> None:
         BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, **exporter_options), schedule_delay_millis=delay_ms)
     )
     trace.set_tracer_provider(provider)
-    try:
-        from otel_lightning_instrumentation_openai import OpenAIInstrumentor
+    _instrument_in_process_agents()
 
-        OpenAIInstrumentor().instrument()
-    except ImportError:
-        pass
+
+def _instrument_in_process_agents() -> None:
+    """What `opentelemetry-instrument` gives a subprocess agent, for agents run in this process: the OpenAI
+    client's calls (with the W3C headers the gateway reads) and the Agents SDK's agent, tool and handoff spans,
+    without the SDK's upload of its traces to OpenAI."""
+    from otel_lightning import semconv
+
+    os.environ.setdefault(semconv.ENV_VENDOR_TRACE_UPLOAD, "false")
+    for module, name in (
+        ("otel_lightning_instrumentation_openai", "OpenAIInstrumentor"),
+        ("otel_lightning_instrumentation_openai_agents", "OpenAIAgentsInstrumentor"),  # waits for the SDK's import
+    ):
+        try:
+            instrumentor = getattr(importlib.import_module(module), name)()
+        except ImportError:
+            continue
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
 
 
 def flush_worker_tracing(timeout_ms: int = 10_000) -> bool:

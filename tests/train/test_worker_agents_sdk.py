@@ -112,3 +112,53 @@ def test_no_already_instrumented_line_when_an_agent_starts():
     )
     assert done.returncode == 0, done.stderr
     assert "already instrumented" not in done.stderr
+
+
+def test_an_in_process_agents_sdk_agent_under_the_worker_cli(collector, openai_stub):
+    """`otel-lightning worker MODULE:FUNCTION`: the worker process instruments the SDK and the OpenAI client
+    itself, turns the SDK's upload off, and the calls reach the gateway with their trace headers."""
+    import signal
+    from pathlib import Path
+
+    from tests.support import wait_until
+
+    before = len(openai_stub.received)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "otel_lightning.cli",
+            "worker",
+            "--collector",
+            collector.address,
+            "--openai-base-url",
+            openai_stub.base_url,
+            "--concurrency",
+            "1",
+            "--reward",
+            "tests.train.test_worker_agents_sdk:answer_reward",
+            "tests.train.inprocess_sdk_agent:run",
+        ],
+        cwd=Path(__file__).parents[2],
+        env={**os.environ, "OPENAI_API_KEY": "unused"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    pool = TaskPoolClient(collector.address)
+    pool.submit([("sdk-in-process", "What is 6*7?")])
+    try:
+        assert wait_until(lambda: pool.stats()["done"] + pool.stats()["failed"] >= 1, 120), pool.stats()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    assert "1 succeeded, 0 failed" in output, output
+    events = wait_for_rollouts(collector.address, 1, timeout_s=20)
+    [done] = rollouts(events)
+    assert (done.status, done.total_reward) == ("succeeded", 1.0), (done.error_message, output[-3000:])
+    calls = list(openai_stub.received)[before:]
+    assert len(calls) == 2 and all(path.endswith("/chat/completions") for path, _ in calls)
+    steps = transitions(events)
+    got = collections.Counter((tuple(s.prompt_token_ids), tuple(s.response_token_ids)) for s in steps)
+    assert got == upstream_token_ids(calls)
+    assert [s.agent for s in steps] == ["Math", "Math"]
