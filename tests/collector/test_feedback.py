@@ -204,3 +204,29 @@ def test_logs_and_metrics_are_forwarded_like_traces(tmp_path: Path) -> None:
             assert wait_until(lambda: sorted(upstream.received) == ["logs", "metrics", "traces"], 10), upstream.received
     finally:
         upstream.server.stop(0)
+
+
+def test_an_evaluation_from_the_real_otlp_http_log_exporter_is_the_reward(server) -> None:
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    spans = SpanFactory(rollout_id="r-exporter")
+    llm = spans.llm("2+2?", "4")
+    exporter(server.address)(export_request(llm))
+    provider = LoggerProvider()
+    provider.add_log_record_processor(
+        SimpleLogRecordProcessor(OTLPLogExporter(endpoint=f"http://{server.http.address}/v1/logs"))
+    )
+    rated = SpanContext(int.from_bytes(spans.trace_id, "big"), int.from_bytes(llm.span_id, "big"), False, TraceFlags(1))
+    provider.get_logger("judge").emit(
+        event_name="gen_ai.evaluation.result",
+        attributes={"gen_ai.evaluation.name": "judge", "gen_ai.evaluation.score.value": 0.5},
+        context=set_span_in_context(NonRecordingSpan(rated)),
+    )
+    provider.shutdown()
+    assert server.extras.signals.counters.evaluations_recorded == 1
+    exporter(server.address)(export_request(spans.root()))
+    (done,) = rollouts(wait_for_rollouts(server.address, 1))
+    assert done.has_reward and done.total_reward == pytest.approx(0.5)
