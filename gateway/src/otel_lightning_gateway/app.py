@@ -10,9 +10,6 @@ one upstream call on a pooled connection and a span, nothing more.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -26,11 +23,11 @@ from starlette.responses import Response, StreamingResponse
 from otel_lightning import semconv
 from otel_lightning.content import capture_content_enabled
 from otel_lightning_gateway import attributes as attrs
+from otel_lightning_gateway import one_piece, responses_translation, upstream
 from otel_lightning_gateway import relay as relays
-from otel_lightning_gateway import responses_translation, sse, upstream
+from otel_lightning_gateway.config import GatewayConfig, GatewayStats
 from otel_lightning_gateway.recording import PROPAGATOR, CallSpan, identity_attributes, parent_context
-from otel_lightning_gateway.responses_stream import ResponsesEventWriter
-from otel_lightning_gateway.routes import Rewrite, RolloutRoute, RouteTable, split_rollout_path
+from otel_lightning_gateway.routes import RolloutRoute, RouteTable, split_rollout_path
 from otel_lightning_gateway.token_options import Asked, ask_for_tokens, strip
 from otel_lightning_gateway.version import __version__
 
@@ -42,42 +39,6 @@ MODEL_ENDPOINTS = {
     "/v1/completions": attrs.COMPLETIONS,
     "/v1/responses": attrs.RESPONSES,
 }
-
-
-@dataclass
-class GatewayConfig:
-    upstream: str
-    rewrite: Rewrite | None = None
-    span_attributes: Mapping[str, Any] = field(default_factory=dict)
-    # Serve /v1/responses through the upstream's chat completions (token ids); False: pass it on as it is.
-    responses_via_chat: bool = True
-    # Ask the upstream for token ids and logprobs (vLLM's `return_token_ids`); off for servers that refuse it.
-    request_token_ids: bool = True
-    # False for servers that cannot stream (our embedded policy server): streamed calls are asked for in
-    # one piece and the caller gets its stream made from the whole answer.
-    upstream_streams: bool = True
-    connect_timeout_s: float = 3.0
-    read_timeout_s: float | None = 600.0
-
-
-@dataclass
-class GatewayStats:
-    """Counts `otel-lightning status` and the logs can show; nothing the gateway sees goes uncounted."""
-
-    calls: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    upstream_unavailable: int = 0
-    unknown_rollouts: int = 0
-    proxied: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def count(self, name: str) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + 1)
-
-    def as_dict(self) -> dict[str, int]:
-        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
 
 
 def _error_body(message: str, kind: str, code: int) -> bytes:
@@ -285,11 +246,11 @@ class GatewayApp:
         call.finish(data)
         if responses_body is not None:
             if streamed:  # the model server would not stream: the caller still gets events
-                return _one_piece_events(responses_body, data, asked)
+                return one_piece.responses_events(responses_body, data, asked)
             asked_ids = asked is not None and asked.token_ids
             return _json(orjson.dumps(responses_translation.response_from_chat(responses_body, data, asked_ids)))
         if streamed and call.api != attrs.RESPONSES:  # e.g. our policy server, which cannot stream
-            return _one_piece_chunks(data, asked, chat=call.api == attrs.CHAT)
+            return one_piece.chunks(data, asked, chat=call.api == attrs.CHAT)
         if asked is None or asked.everything:
             return _json(content, answer.status_code)
         return _json(orjson.dumps(strip(data, asked)), answer.status_code)
@@ -341,50 +302,6 @@ def _upstream_response(content: bytes, answer: httpx.Response) -> Response:
 
 def _text(content: bytes, limit: int = 2000) -> str:
     return content[:limit].decode("utf-8", "replace")
-
-
-def _one_piece_chunks(answer: dict[str, Any], asked: Asked | None, chat: bool) -> Response:
-    """The stream a caller asked for, made of an answer that came in one piece: one chunk with each
-    choice's whole message (chat) or text (completions), then [DONE]; token ids, logprobs and usage
-    only where the caller asked for them."""
-    head = {key: answer[key] for key in ("id", "created", "model", "policy_version") if key in answer}
-    head["object"] = "chat.completion.chunk" if chat else "text_completion"
-    choices = []
-    for choice in answer.get("choices") or []:
-        out = {"index": choice.get("index", 0), "finish_reason": choice.get("finish_reason")}
-        if chat:
-            message = dict(choice.get("message") or {})
-            calls = message.pop("tool_calls", None)
-            if calls:
-                message["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
-            out["delta"] = message
-        else:
-            out["text"] = choice.get("text") or ""
-        out["logprobs"] = choice.get("logprobs") if asked is None or asked.logprobs else None
-        if asked is None or asked.token_ids:
-            out["token_ids"] = choice.get("token_ids")
-        choices.append(out)
-    chunk: dict[str, Any] = {**head, "choices": choices}
-    if asked is None or asked.token_ids:
-        chunk["prompt_token_ids"] = answer.get("prompt_token_ids")
-    events = [chunk]
-    if (asked is None or asked.usage) and answer.get("usage"):
-        events.append({**head, "choices": [], "usage": answer["usage"]})
-    body = b"".join(sse.encode(orjson.dumps(event)) for event in events) + sse.encode(sse.DONE)
-    return Response(body, media_type="text/event-stream")
-
-
-def _one_piece_events(responses_body: dict[str, Any], chat: dict[str, Any], asked: Asked | None) -> Response:
-    """The Responses API's events for a chat completion that came in one piece."""
-    writer = ResponsesEventWriter(responses_body, asked_token_ids=asked is not None and asked.token_ids)
-    choice = (chat.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
-    delta = {"content": message.get("content")}
-    if message.get("tool_calls"):
-        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-    events = writer.start() + writer.add({"choices": [{"index": 0, "delta": delta}]}) + writer.finish(chat)
-    body = b"".join(sse.encode(orjson.dumps(event), event["type"]) for event in events)
-    return Response(body, media_type="text/event-stream")
 
 
 __all__ = ["GatewayApp", "GatewayConfig", "GatewayStats", "__version__"]

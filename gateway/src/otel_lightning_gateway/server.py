@@ -15,7 +15,8 @@ import uvicorn
 from opentelemetry import trace
 
 from otel_lightning.listen import check_listen
-from otel_lightning_gateway.app import GatewayApp, GatewayConfig
+from otel_lightning_gateway.app import GatewayApp
+from otel_lightning_gateway.config import GatewayConfig
 from otel_lightning_gateway.routes import Rewrite, RolloutRoute, RouteTable
 from otel_lightning_gateway.version import __version__
 
