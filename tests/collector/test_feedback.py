@@ -230,3 +230,29 @@ def test_an_evaluation_from_the_real_otlp_http_log_exporter_is_the_reward(server
     exporter(server.address)(export_request(spans.root()))
     (done,) = rollouts(wait_for_rollouts(server.address, 1))
     assert done.has_reward and done.total_reward == pytest.approx(0.5)
+
+
+def test_logs_and_feedback_no_rollout_claims_are_dropped_and_counted(server) -> None:
+    import os
+    import time
+
+    from otel_lightning_collector.feedback import EVALUATION
+
+    stray_trace = os.urandom(16)
+    grpc.insecure_channel(server.address).unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export")(
+        _evaluation_logs(stray_trace, b"", 1.0).SerializeToString(), timeout=10
+    )
+    server.extras.signals.export_logs(_evaluation_logs(stray_trace, b"", 2.0))
+    plain = ExportLogsServiceRequest()
+    plain.resource_logs.add().scope_logs.add().log_records.add(trace_id=stray_trace, span_id=b"\x01" * 8)
+    server.extras.signals.export_logs(plain)
+    server.extras.recorder.record(score=1.0, trace_id=stray_trace.hex(), origin=EVALUATION)
+    loose = server.extras.loose
+    loose.keep_s = 0.0
+    loose._unclaimed_at = -1e9  # due now
+    time.sleep(0.01)
+    loose.sweep()
+    assert (loose.counters.log_records_dropped, loose.counters.feedback_dropped) == (1, 3)
+    with server.store.reader() as db:
+        assert db.execute("SELECT COUNT(*) FROM logs").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM feedback").fetchone() == (0,)

@@ -38,6 +38,13 @@ def is_episode(rollout_id: str) -> bool:
 class EpisodeCounters:
     episodes: int = 0
     loose_traces_dropped: int = 0
+    # Log records and feedback whose trace no rollout claimed within keep_s.
+    log_records_dropped: int = 0
+    feedback_dropped: int = 0
+
+
+# How often log records and feedback that no rollout claimed are looked for.
+_UNCLAIMED_EVERY_S = 60.0
 
 
 def _episode_task(bodies: list[bytes], trace_id: str) -> str | None:
@@ -75,6 +82,24 @@ class LooseTraces:
         self.keep_s = keep_s
         self.not_kept = not_kept or NotKept()
         self.counters = EpisodeCounters()
+        self._unclaimed_at = time.monotonic()
+
+    def _drop_unclaimed(self, now_ns: int) -> None:
+        if time.monotonic() - self._unclaimed_at < _UNCLAIMED_EVERY_S:
+            return
+        self._unclaimed_at = time.monotonic()
+        with self.store.transaction() as db:
+            logs, feedback = store_traces.drop_unclaimed(db, now_ns - int(self.keep_s * 1e9))
+        self.counters.log_records_dropped += logs
+        self.counters.feedback_dropped += feedback
+        if logs or feedback:
+            logger.warning(
+                "%d log record(s) and %d feedback reward(s) not kept: no rollout has their trace or response"
+                " after %.0fs (--rollout-timeout)",
+                logs,
+                feedback,
+                self.keep_s,
+            )
 
     def sweep(self, now_ns: int | None = None) -> list[str]:
         """Turn quiet loose traces into episodes (completed now) or drop them; returns the episode ids."""
@@ -99,6 +124,7 @@ class LooseTraces:
                 dropped = store_traces.drop_loose(db, trace_id)
             self.counters.loose_traces_dropped += 1
             self.not_kept.note(reason, dropped)
+        self._drop_unclaimed(now_ns)
         if episodes:
             self.counters.episodes += len(episodes)
             logger.info("%d episode(s) from production traces: %s", len(episodes), ", ".join(episodes[:5]))

@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -124,7 +125,7 @@ class SignalIntake:
         try:
             if rows:
                 with self.store.transaction() as db:
-                    store_traces.add_logs(db, rows)
+                    store_traces.add_logs(db, rows, time.time_ns())
             for trace_id, span_id, time_ns, found in rated:
                 item = evaluations.evaluation(found, time_ns)
                 if item is None:

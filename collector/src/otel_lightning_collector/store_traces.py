@@ -16,6 +16,7 @@ Functions here run inside the Store's write transaction (`db`) or on its reader 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,9 +37,11 @@ CREATE TABLE IF NOT EXISTS logs (
     trace_id TEXT NOT NULL,
     span_id TEXT NOT NULL,
     time_ns INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    received_ns INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS logs_by_trace ON logs (trace_id);
+CREATE INDEX IF NOT EXISTS logs_by_received ON logs (received_ns);
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY,
     rollout_id TEXT NOT NULL,
@@ -49,7 +52,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     value REAL NOT NULL,
     time_ns INTEGER NOT NULL,
     origin TEXT NOT NULL,
-    applied INTEGER NOT NULL DEFAULT 0
+    applied INTEGER NOT NULL DEFAULT 0,
+    received_ns INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS feedback_pending ON feedback (applied, rollout_id);
 CREATE TABLE IF NOT EXISTS responses (
@@ -151,9 +155,29 @@ def rollout_traces(db: sqlite3.Connection, rollout_ids: list[str]) -> dict[str, 
 # --- log records ----------------------------------------------------------------------------------
 
 
-def add_logs(db: sqlite3.Connection, rows: list[tuple[str, str, int, bytes]]) -> None:
+def add_logs(db: sqlite3.Connection, rows: list[tuple[str, str, int, bytes]], received_ns: int) -> None:
     """(trace id hex, span id hex, time ns, serialized LogRecord) rows."""
-    db.executemany("INSERT INTO logs (trace_id, span_id, time_ns, body) VALUES (?, ?, ?, ?)", rows)
+    db.executemany(
+        "INSERT INTO logs (trace_id, span_id, time_ns, body, received_ns) VALUES (?, ?, ?, ?, ?)",
+        [(*row, received_ns) for row in rows],
+    )
+
+
+def drop_unclaimed(db: sqlite3.Connection, received_before_ns: int) -> tuple[int, int]:
+    """Log records and feedback received before `received_before_ns` whose trace (or response) no
+    rollout has claimed: (log records, feedback rows) deleted. Without it, the logs of traffic that
+    is not kept would pile up."""
+    logs = db.execute(
+        "DELETE FROM logs WHERE received_ns < ? AND trace_id NOT IN (SELECT trace_id FROM traces)",
+        (received_before_ns,),
+    ).rowcount
+    feedback = db.execute(
+        "DELETE FROM feedback WHERE applied = 0 AND rollout_id = '' AND received_ns < ?"
+        " AND trace_id NOT IN (SELECT trace_id FROM traces)"
+        " AND response_id NOT IN (SELECT response_id FROM responses)",
+        (received_before_ns,),
+    ).rowcount
+    return logs, feedback
 
 
 def trace_logs(db: sqlite3.Connection, trace_ids: list[str]) -> list[bytes]:
@@ -186,8 +210,9 @@ _FEEDBACK_COLUMNS = "id, rollout_id, trace_id, response_id, span_id, name, value
 
 def add_feedback(db: sqlite3.Connection, item: Feedback, applied: bool) -> int:
     return db.execute(
-        "INSERT INTO feedback (rollout_id, trace_id, response_id, span_id, name, value, time_ns, origin, applied)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO feedback"
+        " (rollout_id, trace_id, response_id, span_id, name, value, time_ns, origin, applied, received_ns)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             item.rollout_id,
             item.trace_id,
@@ -198,6 +223,7 @@ def add_feedback(db: sqlite3.Connection, item: Feedback, applied: bool) -> int:
             item.time_ns,
             item.origin,
             int(applied),
+            time.time_ns(),
         ),
     ).lastrowid
 
