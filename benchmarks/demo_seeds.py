@@ -1,0 +1,74 @@
+"""`make demo` for three seeds, one after another, each in a fresh process: held-out reward before and
+after training, the rise, and the wall time of each (what a new user sees), on this machine.
+
+    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_seed(seed: int, out: Path, extra: list[str]) -> dict:
+    """One demo run as `make demo` starts it (its own interpreter: imports and all count)."""
+    began = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "calc_agent" / "train.py"),
+            "--out",
+            str(out),
+            "--seed",
+            str(seed),
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    wall_s = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"seed {seed} failed:\n{done.stderr[-2000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["held_out_reward_before"], summary["held_out_reward_after"]
+    return {"seed": seed, "before": before, "after": after, "rise": after - before, "wall_s": wall_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("extra", nargs="*", help="more train.py arguments (after --)")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in args.seeds:
+            results.append(run_seed(seed, Path(scratch) / f"seed{seed}", args.extra))
+            if not args.json:
+                r = results[-1]
+                print(
+                    f"seed {r['seed']}: held-out reward before={r['before']:.2f} after={r['after']:.2f}"
+                    f" (rise {r['rise']:+.2f}) in {r['wall_s']:.0f} s",
+                    flush=True,
+                )
+    figures = {
+        "seeds": results,
+        "min_rise": min(r["rise"] for r in results),
+        "max_wall_s": max(r["wall_s"] for r in results),
+    }
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(f"smallest rise {figures['min_rise']:+.2f}, longest run {figures['max_wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
