@@ -37,6 +37,8 @@ candidates:
     policy: trained.pt
     temperature: 0
     system_prompt: {mode: replace, text: "Use the calculator."}
+  - name: reference
+    base_url: {reference}      # a fixed policy that always uses the calculator (the offline stub server)
 """
 
 
@@ -55,10 +57,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heldout", type=int, default=50, help="evaluation questions")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--reuse", action="store_true", help="keep base.pt and trained.pt of an earlier run")
     args = parser.parse_args(argv)
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if not (args.reuse and (out / "base.pt").exists() and (out / "trained.pt").exists()):
+        train_checkpoints(args, out)
+    evaluate(args, out)
+    print(f"\nall done in {time.perf_counter() - started:.0f} s; results in {out / 'eval'}")
+
+
+def train_checkpoints(args: argparse.Namespace, out: Path) -> None:
     python = sys.executable
     train = str(ROOT / "examples/calc_agent/train.py")
     step(
@@ -97,7 +107,14 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )
     shutil.copy(out / "trained" / "checkpoint.pt", out / "trained.pt")
-    (out / "candidates.yaml").write_text(CANDIDATES)
+
+
+def evaluate(args: argparse.Namespace, out: Path) -> None:
+    from otel_lightning.testing.openai_stub import StubOpenAIServer
+
+    python = sys.executable
+    reference = StubOpenAIServer().__enter__()
+    (out / "candidates.yaml").write_text(CANDIDATES.replace("{reference}", reference.base_url))
     # Held-out questions the training never saw (the demo draws its held-out set from the same seed).
     tasks = make_tasks(args.heldout, seed=10_000, prefix="heldout")
     (out / "tasks.jsonl").write_text("".join(json.dumps({"task_id": t, "input": task}) + "\n" for t, task in tasks))
@@ -114,8 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         "--", "python", "examples/calc_agent/agent.py",
     ]  # fmt: skip
     print(f"$ {' '.join(command)}", flush=True)
-    subprocess.run(command, check=True, cwd=ROOT, env=env)
-    print(f"\nall done in {time.perf_counter() - started:.0f} s; results in {out / 'eval'}")
+    try:
+        subprocess.run(command, check=True, cwd=ROOT, env=env)
+    finally:
+        reference.__exit__(None, None, None)
 
 
 if __name__ == "__main__":
