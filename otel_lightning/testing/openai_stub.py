@@ -45,6 +45,46 @@ def token_ids(text: str) -> list[int]:
     return list(text.encode("utf-8"))
 
 
+def _responses_events(in_progress: dict[str, Any], item: dict[str, Any], done: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Responses API's typed events for one output item (a message or a function call), in the
+    order OpenAI sends them, as the openai client's stream helpers and the Agents SDK read them."""
+    at = {"output_index": 0, "item_id": item["id"]}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": in_progress},
+        {"type": "response.in_progress", "response": in_progress},
+    ]
+    if item["type"] == "message":
+        part = item["content"][0]
+        text = part["text"]
+        events += [
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "status": "in_progress", "content": []},
+            },
+            {"type": "response.content_part.added", **at, "content_index": 0, "part": {**part, "text": ""}},
+            {"type": "response.output_text.delta", **at, "content_index": 0, "delta": text, "logprobs": []},
+            {"type": "response.output_text.done", **at, "content_index": 0, "text": text, "logprobs": []},
+            {"type": "response.content_part.done", **at, "content_index": 0, "part": part},
+        ]
+    else:
+        arguments = item["arguments"]
+        events += [
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "status": "in_progress", "arguments": ""},
+            },
+            {"type": "response.function_call_arguments.delta", **at, "delta": arguments},
+            {"type": "response.function_call_arguments.done", **at, "arguments": arguments},
+        ]
+    events += [
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": done},
+    ]
+    return [{**event, "sequence_number": number} for number, event in enumerate(events)]
+
+
 def _chat_logprob(token_id: int) -> dict[str, Any]:
     return {
         "token": chr(token_id) if token_id < 128 else "?",
@@ -360,21 +400,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not body.get("stream"):
             return self._json(200, response)
         in_progress = {**response, "status": "in_progress", "output": [], "usage": None}
-        events = [{"type": "response.created", "sequence_number": 0, "response": in_progress}]
-        if text:
-            events.append(
-                {
-                    "type": "response.output_text.delta",
-                    "sequence_number": 1,
-                    "item_id": output[0]["id"],
-                    "output_index": 0,
-                    "content_index": 0,
-                    "delta": text,
-                    "logprobs": [],
-                }
-            )
-        events.append({"type": "response.completed", "sequence_number": len(events), "response": response})
-        self._sse(iter(events), done_marker=False)
+        self._sse(iter(_responses_events(in_progress, output[0], response)), done_marker=False)
 
     # --- plumbing -----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from agents import Agent, OpenAIResponsesModel, RunConfig, Runner, function_tool
 
 from otel_lightning import semconv
 from otel_lightning.testing import arithmetic
+from otel_lightning_gateway import Gateway
 from otel_lightning_gateway.responses_translation import TranslationError, chat_request
 from tests.gateway.support import CALCULATOR, llm_spans, upstream_ids
 
@@ -143,3 +144,21 @@ def test_the_agents_sdk_default_model_gives_exact_token_ids(gateway, gateway_exp
     _assert_exact_ids(spans, vllm_stub)
     first, second = (json.loads(s.attributes[semconv.GEN_AI_OUTPUT_MESSAGES])[0] for s in spans)
     assert first["tool_calls"][0]["function"]["name"] == "calculator" and second["content"] == "The answer is 42."
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_responses_passed_on_as_they_are_when_told(vllm_stub, gateway_provider, gateway_exporter, stream):
+    with Gateway(vllm_stub.base_url, tracer_provider=gateway_provider, responses_via_chat=False) as gateway:
+        client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+        if stream:
+            with client.responses.stream(model="m", input="What is 6*7?") as events:
+                response = events.get_final_response()
+        else:
+            response = client.responses.create(model="m", input="What is 6*7?")
+    assert response.output_text == "The answer is 42."
+    assert vllm_stub.received[-1][0] == "/v1/responses"
+    (span,) = llm_spans(gateway_exporter)
+    a = span.attributes
+    assert a[semconv.LLM_API] == "responses" and semconv.GATEWAY_RESPONSES_VIA_CHAT not in a
+    assert json.loads(a[semconv.GEN_AI_OUTPUT_MESSAGES])[0]["content"] == "The answer is 42."
+    assert semconv.RESPONSE_TOKEN_IDS not in a  # vLLM's Responses API has none: why via-chat is the default
