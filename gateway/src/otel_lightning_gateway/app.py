@@ -183,7 +183,7 @@ class GatewayApp:
         send: Any,
     ) -> Response | None:
         assert self.client is not None
-        url = upstream.upstream_url(self._upstream_base(route), endpoint, request.url.query.encode())
+        url = upstream.upstream_url(self._upstream_base(route), endpoint, request.scope["query_string"])
         out_headers = upstream.forwarded_headers(request.headers.raw, model_call=True)
         out_headers.append((b"accept-encoding", b"identity"))
         carrier: dict[str, str] = {}
@@ -274,7 +274,7 @@ class GatewayApp:
         assert self.client is not None
         self.stats.count("proxied")
         route = self.routes.get(rollout_id) if rollout_id else None
-        url = upstream.upstream_url(self._upstream_base(route), path, request.url.query.encode())
+        url = upstream.upstream_url(self._upstream_base(route), path, request.scope["query_string"])
         headers = upstream.forwarded_headers(request.headers.raw, model_call=False)
         try:
             upstream_request = self.client.build_request(request.method, url, content=request.stream(), headers=headers)
