@@ -1,4 +1,4 @@
-"""With OpenLLMetry's, the contrib or the official GenAI OpenAI instrumentor also active, each call still gets one span."""
+"""With OpenLLMetry's, the contrib or the official GenAI OpenAI instrumentor also active, each call gets one span."""
 
 from __future__ import annotations
 

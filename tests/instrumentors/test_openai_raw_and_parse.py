@@ -17,6 +17,7 @@ from otel_lightning.testing.openai_stub import token_ids
 
 QUESTION = [{"role": "user", "content": "What is 6*7?"}]
 ANSWER = "The answer is 42."
+ASKED = {"return_token_ids": True, "logprobs": True}  # what the instrumentor adds when asked to
 
 
 def llm_spans(exporter):
@@ -33,7 +34,7 @@ def direct_chunks(openai_stub, api: str) -> list[str]:
     import httpx
 
     path, body = (
-        ("chat/completions", {"model": "m", "messages": QUESTION, "stream": True, "return_token_ids": True, "logprobs": True})
+        ("chat/completions", {"model": "m", "messages": QUESTION, "stream": True, **ASKED})
         if api == "chat"
         else ("responses", {"model": "m", "input": "What is 6*7?", "stream": True})
     )
