@@ -91,6 +91,7 @@ _INSERT_SPAN = (
 # (64 KiB pages: 4.3 us per span of a 512-span request; 4 KiB pages: 16.7 us, measured).
 _PAGE_SIZE = 65536
 _CHECKPOINT_S = 1.0
+_WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def _rollback(connection: sqlite3.Connection) -> None:
@@ -225,6 +226,9 @@ class Store:
         connection.execute(f"PRAGMA synchronous={self._synchronous}")
         # Checkpoints run on the checkpointer's thread: one inside a commit stalled it by up to 0.1 s.
         connection.execute("PRAGMA wal_autocheckpoint=0")
+        # A burst (or a retention sweep) grows the WAL; once checkpointed it is cut back to this, so the
+        # files on disk stay flat in a steady state.
+        connection.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
         return connection
 
     def _reader(self) -> sqlite3.Connection:
