@@ -94,6 +94,7 @@ def test_an_unknown_rollout_is_still_served_attributed_and_counted(gateway, gate
     assert span.parent is None
     assert list(span.attributes[semconv.RESPONSE_TOKEN_IDS]) == token_ids("The answer is 42.")
     assert gateway.stats["unknown_rollouts"] == 1
+    assert httpx.get(f"http://{gateway.address}/_gateway/stats", timeout=5).json()["unknown_rollouts"] == 1
     # Other paths under a rollout URL reach the upstream too.
     assert httpx.get(f"{gateway.rollout_base_url('never-registered')}/models", timeout=5).status_code == 200
 

@@ -1,6 +1,7 @@
 """The gateway's ASGI application: model calls recorded, everything else proxied as it is.
 
     POST [/rollout/<id>]/v1/chat/completions | /v1/completions | /v1/responses   -> one span per call
+    GET /_gateway/stats                                                            -> the gateway's counters
     any other method or path                                                       -> passed through
 
 A plain ASGI callable (Starlette's request and response types inside): the hot path is a body parse,
@@ -33,6 +34,8 @@ from otel_lightning_gateway.version import __version__
 
 logger = logging.getLogger(__name__)
 
+# The gateway's own counters (JSON), the one path it answers itself.
+STATS_PATH = "/_gateway/stats"
 # Endpoint (under /v1) -> the API whose body shape it takes.
 MODEL_ENDPOINTS = {
     "/v1/chat/completions": attrs.CHAT,
@@ -66,7 +69,9 @@ class GatewayApp:
         request = Request(scope, receive)
         rollout_id, path = split_rollout_path(scope["path"])
         api = MODEL_ENDPOINTS.get(path.rstrip("/")) if scope["method"] == "POST" else None
-        if api is None:
+        if path == STATS_PATH and rollout_id is None:
+            response: Response | None = _json(orjson.dumps(self.stats.as_dict()))
+        elif api is None:
             response = await self._proxy(request, rollout_id, path)
         else:
             response = await self._model_call(request, api, rollout_id, path, receive, send)
