@@ -113,20 +113,30 @@ def test_over_the_concurrent_export_limit_is_429_and_resource_exhausted_with_ret
 
 
 def test_an_overloaded_collector_is_503_and_unavailable_with_retry_info(tmp_path):
-    """No room for more acknowledged spans: the collector, not the client, is the limit."""
+    """No room for more acknowledged spans (indexing is held, as on a slow disk): the collector, not
+    the client, is the limit."""
     config = CollectorConfig(
-        listen="127.0.0.1:0", http_listen="127.0.0.1:0", store_path=tmp_path / "c.db", max_pending_spans=0
+        listen="127.0.0.1:0", http_listen="127.0.0.1:0", store_path=tmp_path / "c.db", max_pending_spans=1
     )
     with CollectorServer(config) as server:
+        disk = threading.Event()
+        ingest = server.store.ingest
+
+        def slow_ingest(*args, **kwargs):
+            disk.wait(30)
+            return ingest(*args, **kwargs)
+
+        server.store.ingest = slow_ingest  # type: ignore[method-assign]
+        exporter(server.address)(export_request(SpanFactory().llm("q", "a")), timeout=30)  # fills the backlog
+        assert wait_until(lambda: server.indexer.pending_spans == 1, timeout_s=10)
         with pytest.raises(grpc.RpcError) as refused:
             exporter(server.address)(export_request(SpanFactory().llm("q", "a")), timeout=30)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "waiting to be indexed" in refused.value.details()
         assert retry_delay_s(refused.value) == (1.0, 1.0)
-        status, headers, _ = post(
-            f"http://127.0.0.1:{server.http.port}/v1/traces",
-            export_request(SpanFactory().llm("q", "a")).SerializeToString(),
-        )
+        status, headers, _ = post(http_traces(server), one_span_request())
         assert (status, headers.get("Retry-After")) == (503, "1")
+        disk.set()
 
 
 def test_memory_over_the_soft_limit_refuses_while_a_backlog_drains(caplog):
