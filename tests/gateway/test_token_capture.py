@@ -145,3 +145,12 @@ def test_other_paths_are_proxied_as_they_are(gateway):
     assert [m.id for m in models.data] == ["stub"]
     assert httpx.get(f"http://{gateway.address}/health", timeout=5).status_code == 200
     assert gateway.stats["proxied"] == 2 and gateway.stats["calls"] == 0
+
+
+def test_a_streamed_completion_reaches_the_caller_chunk_for_chunk(gateway, vllm_stub):
+    body = {"model": "m", "prompt": "6*7=", "stream": True}
+    through = httpx.post(f"{gateway.base_url}/completions", json=body, timeout=10)
+    direct = httpx.post(f"{vllm_stub.base_url}/completions", json=body, timeout=10)
+    through_events, direct_events = sse_data(through), sse_data(direct)
+    assert len(through_events) == len(direct_events) == 3  # two text chunks, [DONE]
+    assert without_ids(through_events) == without_ids(direct_events)
