@@ -44,7 +44,8 @@ class DropExporter(SpanExporter):
 
 
 def answer(request: httpx2.Request) -> httpx2.Response:
-    return httpx2.Response(200, json=chat_completion(json.loads(request.content)))
+    # Token ids on every answer (the stub is vLLM-like: only when asked), as the docstring says.
+    return httpx2.Response(200, json=chat_completion(json.loads(request.content), always_token_ids=True))
 
 
 def calculator(expression: str) -> str:
