@@ -8,7 +8,7 @@ from typing import Any
 from otel_lightning.train.tokenizer import ByteChatTokenizer
 
 OPERATORS = "+-*"
-TOOL_SHARE = 0.5  # of the warm start's demonstrations that call the calculator
+TOOL_SHARE = 0.25  # of the warm start's first turns that call the calculator
 
 
 def make_tasks(count: int, seed: int, prefix: str) -> list[tuple[str, dict[str, Any]]]:
@@ -29,22 +29,20 @@ def guess_for(answer: str, rng: random.Random) -> str:
 def demonstrations(
     tokenizer: ByteChatTokenizer, count: int, seed: int, tool_share: float = TOOL_SHARE
 ) -> list[tuple[list[int], list[int]]]:
-    """Mixed demonstrations: most answer directly, usually wrongly; `tool_share` of them call the
-    calculator and then repeat its result. GRPO has to find out which of the two pays."""
+    """Mixed demonstrations. First turns: `tool_share` of them call the calculator, the rest answer
+    directly, usually wrongly. Every question also shows the turn after a calculator reply: repeat
+    its result. So the warm-started policy can use the tool well but mostly does not: GRPO has to find
+    out that calling it pays."""
     rng = random.Random(seed)
     examples = []
     for _, task in make_tasks(count, seed, "demo"):
         user = {"role": "user", "content": task["question"]}
         expression = task["question"].removeprefix("What is ").removesuffix("?")
-        if rng.random() >= tool_share:
-            guess = guess_for(task["answer"], rng)
-            examples.append(
-                (tokenizer.encode_prompt([user], "calculator"), [*tokenizer.encode_text(guess), tokenizer.eos_id])
-            )
-            continue
-        examples.append(
-            (tokenizer.encode_prompt([user]), [*tokenizer.encode_tool_call("calculator", expression), tokenizer.eos_id])
-        )
+        if rng.random() < tool_share:
+            first = [*tokenizer.encode_tool_call("calculator", expression), tokenizer.eos_id]
+        else:
+            first = [*tokenizer.encode_text(guess_for(task["answer"], rng)), tokenizer.eos_id]
+        examples.append((tokenizer.encode_prompt([user], "calculator"), first))
         call = {
             "role": "assistant",
             "content": "",

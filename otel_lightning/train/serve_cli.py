@@ -23,7 +23,11 @@ def _serve(args: argparse.Namespace) -> int:
         api_key = Path(args.api_key_file).read_text().strip()
     policy = build_policy(args.model, hidden=args.hidden, layers=args.layers)
     if args.checkpoint:
-        load_policy(policy, args.checkpoint)
+        load_policy(policy, args.checkpoint)  # with its agents' adapters, when it has them
+    if args.adapters:
+        from otel_lightning.train.adapters import load_adapters
+
+        load_adapters(policy, args.adapters)
     with PolicyServer(
         policy,
         host=args.host,
@@ -48,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("policy-server", help="serve a policy on an OpenAI-compatible endpoint")
     parser.add_argument("--model", choices=MODELS, default="tiny", help="smollm2: `make install-smollm2` first")
     parser.add_argument("--checkpoint", help="checkpoint.pt of a training run (its weights and policy version)")
+    parser.add_argument(
+        "--adapters",
+        help="a folder of per-agent LoRA adapters (otel_lightning.train.adapters.save_adapters): each agent, named"
+        " in the request's baggage or as its model, is answered by its own",
+    )
     parser.add_argument("--hidden", type=int, default=64, help="tiny model: hidden size (as trained)")
     parser.add_argument("--layers", type=int, default=2, help="tiny model: layers (as trained)")
     parser.add_argument("--host", default="127.0.0.1")
