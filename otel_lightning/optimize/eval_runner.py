@@ -138,7 +138,8 @@ class CandidateAgent:
                 )
             )
             try:
-                output = self.agent(task_input, self.gateway.rollout_base_url(info.rollout_id))
+                # Through the gateway: it asks the upstream for token ids, the agent's client need not.
+                output = self.agent(task_input, self.gateway.rollout_base_url(info.rollout_id), through_gateway=True)
             finally:
                 self.gateway.unregister_rollout(info.rollout_id)
             if self.reward is not None:
