@@ -78,6 +78,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.set_defaults(run=_optimize_prompt)
 
 
+def _warn_unscored(args: argparse.Namespace) -> None:
+    if not args.reward and not args.instrument:
+        print(
+            "warning: no --reward, and the agent runs without --instrument: rewards it records itself cannot"
+            " reach the collector, so its rollouts will end `no_reward` (counted, not scored)",
+            file=sys.stderr,
+        )
+
+
 def _eval(args: argparse.Namespace) -> int:
     from otel_lightning.optimize.candidates import CandidateError, load_candidates
     from otel_lightning.optimize.eval_runner import EvalSettings, run_eval
@@ -87,6 +96,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = agent_command(args.agent)
+    _warn_unscored(args)
     try:
         candidates = load_candidates(args.candidates)
         tasks = load_tasks(args.tasks)
@@ -116,6 +126,7 @@ def _optimize_prompt(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = agent_command(args.agent)
+    _warn_unscored(args)
     try:
         train, val = load_tasks(args.tasks), load_tasks(args.val_tasks)
         reward = load_function(args.reward) if args.reward else None
