@@ -284,7 +284,8 @@ class OtlpForwarder:
         if len(self._queue):
             where = "kept for the next start" if self._queue.path != ":memory:" else "lost (the queue is in memory)"
             logger.warning("stopped with %d request(s) not forwarded to %s: %s", len(self._queue), self.endpoint, where)
-        self._queue.close()
+        if not any(thread.is_alive() for thread in self._threads):  # one still sending may yet finish its row
+            self._queue.close()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
