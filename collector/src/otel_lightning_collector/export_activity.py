@@ -34,9 +34,13 @@ class ExportActivity:
         return self._in_flight
 
     @contextlib.contextmanager
-    def exporting(self) -> Iterator[ExportTicket]:
-        """Marks one export request in flight, for its whole handling (decoding included)."""
-        ticket = self.tickets.open()
+    def exporting(self, ticket: ExportTicket | None = None) -> Iterator[ExportTicket]:
+        """Marks one export request in flight, for its whole handling (decoding included); `ticket`:
+        the one opened when its call arrived, if any."""
+        if ticket is None:
+            ticket = self.tickets.open()
+        else:
+            self.tickets.start(ticket)
         with self._quiet:
             self._in_flight += 1
         try:

@@ -31,13 +31,24 @@ class ExportTickets:
     def __init__(self) -> None:
         self._issued = 0
         self._open: set[int] = set()
+        # Tickets opened when a call arrived, whose handler has not started (its body is still coming):
+        # number -> when to give up on it (a call cancelled before its handler ran never starts).
+        self._unstarted: dict[int, float] = {}
         self._changed = threading.Condition()
 
-    def open(self) -> ExportTicket:
+    def open(self, unstarted_for_s: float | None = None) -> ExportTicket:
+        """A new ticket; `unstarted_for_s`: opened at the call's arrival, `start`ed by its handler,
+        or dropped if that has not happened within this time."""
         with self._changed:
             self._issued += 1
             self._open.add(self._issued)
+            if unstarted_for_s is not None:
+                self._unstarted[self._issued] = time.monotonic() + unstarted_for_s
             return ExportTicket(self._issued)
+
+    def start(self, ticket: ExportTicket) -> None:
+        with self._changed:
+            self._unstarted.pop(ticket.number, None)
 
     def end_request(self, ticket: ExportTicket) -> None:
         """The request was answered: fix its barrier; close it unless the indexer owns it now."""
@@ -73,6 +84,11 @@ class ExportTickets:
             return len(self._open)
 
     def _settled(self, tickets: list[ExportTicket]) -> bool:
+        now = time.monotonic()
+        for number, give_up_at in list(self._unstarted.items()):
+            if now > give_up_at:
+                del self._unstarted[number]
+                self._open.discard(number)
         if any(ticket.barrier is None for ticket in tickets):
             return False
         barrier = max(ticket.barrier for ticket in tickets)  # type: ignore[type-var]

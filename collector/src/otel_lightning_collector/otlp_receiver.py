@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from otel_lightning_collector.export_activity import ExportActivity
+from otel_lightning_collector.export_tickets import ExportTicket
 from otel_lightning_collector.trace_intake import ExportRefusedError, IntakeCounters, RequestTooLargeError, TraceIntake
 
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -39,6 +42,47 @@ def refused_status(refused: ExportRefusedError) -> grpc.Status:
     )
 
 
+# The ticket ExportTicketInterceptor opened when this call arrived (None: no interceptor).
+_ARRIVAL_TICKET: contextvars.ContextVar[ExportTicket | None] = contextvars.ContextVar("arrival_ticket", default=None)
+# A call whose handler has not started this long after it arrived was cancelled: its ticket is dropped.
+_UNSTARTED_S = 60.0
+TRACE_EXPORT_PATH = f"/{TRACE_SERVICE}/Export"
+
+
+class ExportTicketInterceptor(grpc.ServerInterceptor):
+    """Numbers each trace export when its call arrives, on gRPC's serving thread, in arrival order:
+    grpc-python receives a request's body on a pool thread before the handler runs, so a ticket
+    opened by the handler would miss a request still arriving while a root's request is acknowledged."""
+
+    def __init__(self, activity: ExportActivity) -> None:
+        self.activity = activity
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method != TRACE_EXPORT_PATH or handler.unary_unary is None:
+            return handler
+        ticket = self.activity.tickets.open(unstarted_for_s=_UNSTARTED_S)
+        behavior = handler.unary_unary
+
+        def with_ticket(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.activity.tickets.start(ticket)
+            token = _ARRIVAL_TICKET.set(ticket)
+            try:
+                return behavior(request, context)
+            finally:
+                _ARRIVAL_TICKET.reset(token)
+                if ticket.barrier is None:  # refused before the receiver ran (a bad token): nothing to wait for
+                    self.activity.tickets.end_request(ticket)
+
+        return grpc.unary_unary_rpc_method_handler(
+            with_ticket,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 class OtlpTraceReceiver:
     """Handles `TraceService/Export` on raw bytes, so a malformed request gets INVALID_ARGUMENT with
     the decoder's reason instead of a generic deserialization failure, and the bytes are stored
@@ -57,7 +101,7 @@ class OtlpTraceReceiver:
         return self.intake.counters
 
     def export(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
-        with self.intake.activity.exporting() as ticket:
+        with self.intake.activity.exporting(_ARRIVAL_TICKET.get()) as ticket:
             try:
                 request = ExportTraceServiceRequest.FromString(raw)
             except DecodeError as error:

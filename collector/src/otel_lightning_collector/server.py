@@ -24,7 +24,7 @@ from otel_lightning_collector.memory_limiter import MemoryLimiter
 from otel_lightning_collector.metrics import CollectorMetrics
 from otel_lightning_collector.notifier import Notifier
 from otel_lightning_collector.otlp_http import HttpLimits, OtlpHttpReceiver
-from otel_lightning_collector.otlp_receiver import OtlpTraceReceiver
+from otel_lightning_collector.otlp_receiver import ExportTicketInterceptor, OtlpTraceReceiver
 from otel_lightning_collector.retention import RetentionPolicy, RetentionSweeper
 from otel_lightning_collector.status_report import CollectorStatusService, StatusReporter, counters_of
 from otel_lightning_collector.store import Completion, Store
@@ -246,7 +246,11 @@ class CollectorServer:
         threads = config.max_workers + config.max_streams + config.max_waiting_claims
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="collector-rpc"),
-            interceptors=[BearerTokenInterceptor(self.tokens)] if self.tokens.enabled else None,
+            interceptors=[
+                # Outermost: numbers trace exports as they arrive, whatever the token check answers.
+                ExportTicketInterceptor(self.activity),
+                *([BearerTokenInterceptor(self.tokens)] if self.tokens.enabled else []),
+            ],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
