@@ -72,4 +72,4 @@ protos: install
 	$(PY) scripts/generate_protos.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-phoenix examples/node_agent/node_modules .pytest_cache .ruff_cache
