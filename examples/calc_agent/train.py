@@ -123,6 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="one LoRA adapter per trained agent on the warm-started base; the policy server answers each agent"
         " with its own",
     )
+    parser.add_argument(
+        "--retokenize",
+        action="store_true",
+        help="train on steps whose spans carried no token ids by re-encoding their messages with the policy's"
+        " tokenizer (counted per step as 'retokenized'); without it such steps are counted and left out",
+    )
     parser.add_argument("--resume", help="checkpoint.pt of an earlier run: continue from its weights and optimizer")
     return parser.parse_args(argv)
 
@@ -253,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ.setdefault("CALC_AGENT_MAX_TOKENS", "64")
     loggers = parse_loggers(args.logger)  # a misspelt logger fails here, not after the warm start
     run_app, app_demonstrations = APPS[args.app]
-    trainer = GRPOTrainer(policy, TrainerConfig(lr=args.lr or default_lr(args)), policy_per_agent=args.policy_per_agent)
+    config = TrainerConfig(lr=args.lr or default_lr(args), retokenize=args.retokenize)
+    trainer = GRPOTrainer(policy, config, policy_per_agent=args.policy_per_agent)
     if args.resume:
         trainer.load(args.resume)
         print(f"resumed from {args.resume}: policy version {policy.version}, {trainer.steps} GRPO steps done")

@@ -23,6 +23,7 @@ from otel_lightning.train.adapters import (
 )
 from otel_lightning.train.grpo import clipped_policy_loss, grpo_outcome_advantage, sequence_with_mask
 from otel_lightning.train.policy import TorchPolicy
+from otel_lightning.train.retokenize import RetokenizeError, retokenize
 from otel_lightning.train.sft import pad_batch, token_logprobs
 from otel_lightning.v1 import transitions_pb2 as pb
 
@@ -60,6 +61,9 @@ class TrainerConfig:
     failure_penalty: float = 0.0
     # Per-status overrides of the policy above (status -> one of ACTIONS).
     status_policy: dict[str, str] = field(default_factory=dict)
+    # Steps whose spans carried no token ids (Transition.token_ids_absent) are left out and counted unless
+    # this is on: then they are re-encoded from their messages with the policy's tokenizer (see retokenize.py).
+    retokenize: bool = False
 
     def action_for(self, status: str) -> str:
         """What to do with a rollout of this status (unknown statuses are dropped)."""
@@ -228,6 +232,7 @@ class GRPOTrainer:
         if not self.policy_per_agent:
             self.optimizers[""] = torch.optim.AdamW(policy.model.parameters(), lr=self.config.lr)
         self.steps = 0
+        self._warned_without_token_ids = False
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -268,15 +273,19 @@ class GRPOTrainer:
             if advantage == 0.0:
                 continue  # a group whose rollouts all scored the same carries no signal
             for transition in record.transitions:
-                if not transition.response_token_ids:
-                    continue  # no exact token ids: never re-tokenise text
+                prompt_ids, response_ids = list(transition.prompt_token_ids), list(transition.response_token_ids)
+                if not response_ids:
+                    rebuilt = self._retokenized(transition, stats)
+                    if rebuilt is None:
+                        continue
+                    prompt_ids, response_ids = rebuilt
                 batch = batches.setdefault(transition.agent if self.policy_per_agent else "", _Batch())
-                ids, mask = sequence_with_mask(list(transition.prompt_token_ids), list(transition.response_token_ids))
+                ids, mask = sequence_with_mask(prompt_ids, response_ids)
                 batch.sequences.append(ids)
                 batch.masks.append(mask)
                 batch.advantages.append(advantage)
                 logprobs = list(transition.response_logprobs)
-                batch.old.append(logprobs if len(logprobs) == len(transition.response_token_ids) else None)
+                batch.old.append(logprobs if len(logprobs) == len(response_ids) else None)
         stats["sequences"] = sum(len(batch.sequences) for batch in batches.values())
         if not batches:
             return {**stats, "loss": 0.0}
@@ -296,6 +305,29 @@ class GRPOTrainer:
                     {"loss": stat["loss"], "approx_kl": stat["approx_kl"], "clip_fraction": stat["clip_fraction"]}
                 )
         return {**stats, "update_s": time.perf_counter() - started, "policy_version": self.policy.version}
+
+    def _retokenized(self, transition: pb.Transition, stats: dict[str, Any]) -> tuple[list[int], list[int]] | None:
+        """(prompt ids, response ids) re-encoded for a step without token ids when `retokenize` is on, else
+        None; either way the step is counted in `stats` (never left out silently)."""
+        if not self.config.retokenize:
+            stats["skipped_without_token_ids"] = stats.get("skipped_without_token_ids", 0) + 1
+            if not self._warned_without_token_ids:
+                self._warned_without_token_ids = True
+                logger.warning(
+                    "steps without token ids are left out of training (first: rollout %s step %s); put the model"
+                    " gateway in front of the model server (the worker does by default) or train with --retokenize",
+                    transition.rollout_id,
+                    transition.step,
+                )
+            return None
+        try:
+            ids = retokenize(self.policy.tokenizer, transition.state_json, transition.action_json)
+        except RetokenizeError as error:
+            stats["skipped_without_token_ids"] = stats.get("skipped_without_token_ids", 0) + 1
+            logger.warning("rollout %s step %s not retokenised: %s", transition.rollout_id, transition.step, error)
+            return None
+        stats["retokenized"] = stats.get("retokenized", 0) + 1
+        return ids
 
     def _update(self, agent: str, batch: _Batch) -> dict[str, float]:
         """One optimizer step of the whole model, or of `agent`'s adapter only."""

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
+import pytest
 import torch
 
+from otel_lightning.train.retokenize import RetokenizeError, retokenize
 from otel_lightning.train.trainer import GRPOTrainer, RolloutRecord, TrainerConfig
 from otel_lightning.v1 import transitions_pb2 as pb
 
@@ -52,4 +57,39 @@ def test_transitions_without_token_ids_are_skipped_not_retokenised(policy):
     rollout = record(policy, "a", "t", 1.0)
     del rollout.transitions[0].response_token_ids[:]
     stats = GRPOTrainer(policy).step({"t": [rollout, record(policy, "b", "t", 0.0)]})
-    assert stats["sequences"] == 1
+    assert stats["sequences"] == 1 and stats["skipped_without_token_ids"] == 1
+
+
+def test_steps_without_token_ids_are_counted_and_retokenised_only_when_told(policy, caplog):
+    messages = [{"role": "user", "content": "What is 2+3?"}]
+    action = {"role": "assistant", "content": "5"}
+
+    def without_ids(rollout_id: str, reward: float) -> RolloutRecord:
+        transition = pb.Transition(
+            rollout_id=rollout_id,
+            task_id="t",
+            state_json=json.dumps({"messages": messages}),
+            action_json=json.dumps(action),
+            token_ids_absent=True,
+        )
+        return RolloutRecord(rollout_id, "t", "succeeded", reward, [transition])
+
+    groups = {"t": [without_ids("a", 1.0), without_ids("b", 0.0)]}
+    caplog.set_level(logging.WARNING, logger="otel_lightning.train.trainer")
+    left_out = GRPOTrainer(policy).step(groups)
+    assert left_out["sequences"] == 0 and left_out["skipped_without_token_ids"] == 2
+    assert "--retokenize" in caplog.text and policy.version == 0
+
+    retokenised = GRPOTrainer(policy, TrainerConfig(retokenize=True)).step(groups)
+    assert retokenised["sequences"] == 2 and retokenised["retokenized"] == 2 and policy.version == 1
+    prompt, response = retokenize(policy.tokenizer, json.dumps({"messages": messages}), json.dumps(action))
+    # The re-encoded step is what the policy would have been given and would have written.
+    assert prompt == policy.tokenizer.encode_prompt(messages)
+    assert policy.tokenizer.decode(response).startswith("5") and response[-1] == policy.tokenizer.eos_id
+
+
+def test_a_step_with_no_messages_cannot_be_retokenised(policy):
+    with pytest.raises(RetokenizeError, match="no input messages"):
+        retokenize(policy.tokenizer, "{}", json.dumps({"role": "assistant", "content": "5"}))
+    with pytest.raises(RetokenizeError, match="unreadable"):
+        retokenize(policy.tokenizer, "{not json", "{}")
