@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -22,6 +23,14 @@ def use_stub_model(monkeypatch, openai_stub, *, token_ids: bool = False) -> None
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
     if token_ids:
         monkeypatch.setenv(semconv.ENV_REQUEST_TOKEN_IDS, "true")
+
+
+def action_text(action_json: str) -> str:
+    """The action without its tool calls' ids: the stub's random call ids may contain any digits."""
+    action = json.loads(action_json)
+    for call in action.get("tool_calls") or []:
+        call.pop("id", None)
+    return json.dumps(action)
 
 
 def by_kind(spans, kind):

@@ -18,7 +18,14 @@ import otel_lightning as ol
 from examples.autogen_team.agent import build_team, calculator, default_model, solve
 from otel_lightning import semconv
 from otel_lightning_instrumentation_autogen import AutoGenInstrumentor
-from tests.instrumentors.framework_support import EXAMPLES, TASK, by_kind, run_example_through_worker, use_stub_model
+from tests.instrumentors.framework_support import (
+    EXAMPLES,
+    TASK,
+    action_text,
+    by_kind,
+    run_example_through_worker,
+    use_stub_model,
+)
 from tests.support import rollouts, transitions, wait_for_rollouts
 
 AGENTS_IN_ORDER = ["triage", "math", "math"]
@@ -81,7 +88,8 @@ def test_the_collector_builds_per_agent_transitions_with_tool_output_as_state(co
     assert (calc_call["name"], json.loads(calc_call["arguments"])) == ("calculator", {"expression": "17+25"})
     tool_messages = [m for m in json.loads(steps[2].state_json)["messages"] if m.get("role") == "tool"]
     assert [m["content"] for m in tool_messages][-1] == "42"
-    assert "42" not in steps[1].action_json and json.loads(steps[2].action_json)["content"] == "The answer is 42."
+    assert "42" not in action_text(steps[1].action_json)
+    assert json.loads(steps[2].action_json)["content"] == "The answer is 42."
     assert steps[1].next_state_json == steps[2].state_json and steps[0].done and steps[2].done
     assert all(t.prompt_token_ids and t.response_token_ids for t in steps)
     assert [t.reward for t in steps] == [1.0] * 3
