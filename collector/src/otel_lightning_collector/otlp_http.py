@@ -26,6 +26,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_lightning_collector.auth import TokenCheck
+from otel_lightning_collector.export_tickets import ExportTicket
 from otel_lightning_collector.http_limits import (
     BadRequestError,
     DeadlineSocketReader,
@@ -164,6 +165,16 @@ class _Handler(BaseHTTPRequestHandler):
                     HTTPStatus.UNAUTHORIZED, message, as_json, length=length, headers={"WWW-Authenticate": "Bearer"}
                 )
             return self._refuse(HTTPStatus.FORBIDDEN, message, as_json, length=length)
+        if path == TRACES_PATH:
+            # Numbered on arrival, before its body is read, as gRPC's interceptor does: a rollout whose root
+            # is acknowledged meanwhile waits for this request too (export_tickets).
+            with intake.activity.exporting() as ticket:
+                return self._receive(path, content_type, as_json, ticket)
+        return self._receive(path, content_type, as_json, None)
+
+    def _receive(self, path: str, content_type: str, as_json: bool, ticket: ExportTicket | None) -> None:
+        """Read, decode and take one authorised request (its ticket: see do_POST)."""
+        intake = self.server.intake
         limit = min(self.server.max_body_bytes, self.server.max_json_bytes) if as_json else self.server.max_body_bytes
         body_read = False
         try:
@@ -204,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"the request was not received within {self.server.request_timeout_s:g} s"
             return self._error(HTTPStatus.REQUEST_TIMEOUT, message, as_json)
         try:
-            response = intake.export(request, raw)
+            response = intake.export(request, raw, ticket)
         except RequestTooLargeError as error:
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error), as_json)
         except ExportRefusedError as refused:
