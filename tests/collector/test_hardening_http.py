@@ -175,7 +175,8 @@ def test_slow_clients_time_out_and_do_not_hold_threads(collector):
                     open_ones.remove(connection)  # the server closed it
             most_threads = max(most_threads, collector.threads())
             time.sleep(0.2)
-    assert most_threads >= threads_before + 100  # they did hold threads, for a while
+    # They did hold threads, for a while (sampled every 0.2 s while the 200 connect: 93 to 200 seen at the peak).
+    assert most_threads >= threads_before + 50
     for connection in open_ones:  # sends may still land in the buffer of a connection just closed
         connection.settimeout(5)
         try:
