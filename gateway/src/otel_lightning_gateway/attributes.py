@@ -13,6 +13,7 @@ import orjson
 
 from otel_lightning import semconv
 from otel_lightning.content import redacted
+from otel_lightning.openai_messages import chat_output_message, responses_output_message
 
 CHAT = "chat.completions"
 COMPLETIONS = semconv.LLM_API_COMPLETIONS
@@ -81,31 +82,6 @@ def _int_list(value: Any) -> list[int] | None:
     return value if isinstance(value, list) and value and isinstance(value[0], int) else None
 
 
-def _chat_output(choice: Mapping[str, Any]) -> dict[str, Any]:
-    message = choice.get("message") or {}
-    output: dict[str, Any] = {"role": message.get("role") or "assistant", "content": message.get("content")}
-    if message.get("tool_calls"):
-        output["tool_calls"] = message["tool_calls"]
-    output["finish_reason"] = choice.get("finish_reason")
-    return output
-
-
-def _responses_output(response: Mapping[str, Any]) -> dict[str, Any]:
-    texts: list[str] = []
-    calls: list[dict[str, Any]] = []
-    for item in response.get("output") or []:
-        if item.get("type") == "message":
-            texts.extend(c.get("text", "") for c in item.get("content") or [] if c.get("type") == "output_text")
-        elif item.get("type") == "function_call":
-            function = {"name": item.get("name"), "arguments": item.get("arguments")}
-            calls.append({"id": item.get("call_id") or item.get("id"), "type": "function", "function": function})
-    output: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
-    if calls:
-        output["tool_calls"] = calls
-    output["finish_reason"] = "tool_calls" if calls else response.get("status")
-    return output
-
-
 def response_attributes(api: str, response: Mapping[str, Any], capture_content: bool) -> dict[str, Any]:
     """Attributes of a finished answer: a chat completion, a completion or a Responses object (streamed
     answers are accumulated into the same shape first)."""
@@ -129,7 +105,7 @@ def response_attributes(api: str, response: Mapping[str, Any], capture_content: 
     prompt_ids = _int_list(response.get("prompt_token_ids") or first.get("prompt_token_ids"))
     logprobs: list[float] = []
     if api == CHAT:
-        outputs = [_chat_output(choice) for choice in choices]
+        outputs = [chat_output_message(choice) for choice in choices]
         response_ids = _int_list(first.get("token_ids"))
         items = (first.get("logprobs") or {}).get("content") or []
         logprobs = [float(item["logprob"]) for item in items if isinstance(item.get("logprob"), (int, float))]
@@ -141,7 +117,7 @@ def response_attributes(api: str, response: Mapping[str, Any], capture_content: 
         values = (first.get("logprobs") or {}).get("token_logprobs") or []
         logprobs = [float(value) for value in values if isinstance(value, (int, float))]
     else:
-        outputs = [_responses_output(response)]
+        outputs = [responses_output_message(response)]
         response_ids = _int_list(response.get("output_token_ids") or response.get("token_ids"))
     if prompt_ids:
         attributes[semconv.PROMPT_TOKEN_IDS] = prompt_ids

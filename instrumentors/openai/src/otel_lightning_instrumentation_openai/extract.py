@@ -13,6 +13,7 @@ from typing import Any
 
 from otel_lightning import semconv
 from otel_lightning.content import redacted
+from otel_lightning.openai_messages import chat_output_message, responses_output_message
 
 CHAT_COMPLETIONS = "chat.completions"
 RESPONSES = "responses"
@@ -119,36 +120,6 @@ def _int_list(value: Any) -> list[int] | None:
     return None
 
 
-def _chat_output_message(choice: Mapping[str, Any]) -> dict[str, Any]:
-    message = choice.get("message") or {}
-    output: dict[str, Any] = {"role": message.get("role") or "assistant", "content": message.get("content")}
-    if message.get("tool_calls"):
-        output["tool_calls"] = message["tool_calls"]
-    output["finish_reason"] = choice.get("finish_reason")
-    return output
-
-
-def _responses_output_message(response: Mapping[str, Any]) -> dict[str, Any]:
-    texts: list[str] = []
-    tool_calls: list[dict[str, Any]] = []
-    for item in response.get("output") or []:
-        if item.get("type") == "message":
-            texts.extend(c.get("text", "") for c in item.get("content") or [] if c.get("type") == "output_text")
-        elif item.get("type") == "function_call":
-            tool_calls.append(
-                {
-                    "id": item.get("call_id") or item.get("id"),
-                    "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments")},
-                }
-            )
-    output: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
-    if tool_calls:
-        output["tool_calls"] = tool_calls
-    output["finish_reason"] = "tool_calls" if tool_calls else response.get("status")
-    return output
-
-
 def response_attributes(api: str, response: Mapping[str, Any], capture_content: bool) -> dict[str, Any]:
     """Attributes of a finished response (a `model_dump()` of ChatCompletion or Response)."""
     attributes: dict[str, Any] = {}
@@ -171,12 +142,12 @@ def response_attributes(api: str, response: Mapping[str, Any], capture_content: 
 
     if api == CHAT_COMPLETIONS:
         choices = response.get("choices") or []
-        outputs = [_chat_output_message(choice) for choice in choices]
+        outputs = [chat_output_message(choice) for choice in choices]
         first = choices[0] if choices else {}
         response_ids = _int_list(first.get("token_ids"))
         logprob_items = (first.get("logprobs") or {}).get("content") or []
     else:
-        outputs = [_responses_output_message(response)]
+        outputs = [responses_output_message(response)]
         response_ids = _int_list(response.get("output_token_ids") or response.get("token_ids"))
         logprob_items = [
             logprob
