@@ -34,10 +34,6 @@ def test_three_ray_workers_run_the_calc_agent_for_every_task(local_ray, collecto
     pool = TaskPoolClient(collector.address)
     # The calc agent's reward is an exact match; the stub answers in a sentence.
     questions = {f"q{index}": (f"What is {index + 2} * 7?", f"The answer is {(index + 2) * 7}.") for index in range(6)}
-    pool.submit(
-        [(task_id, {"question": question, "answer": answer}) for task_id, (question, answer) in questions.items()],
-        group_size=2,
-    )
     fleet = RayWorkerFleet(
         collector.address,
         ["examples.calc_agent.agent:run"],
@@ -47,6 +43,12 @@ def test_three_ray_workers_run_the_calc_agent_for_every_task(local_ray, collecto
         num_cpus_per_worker=0.5,
     ).start()
     try:
+        # Tasks go in once every actor is up and waiting for work: submitted earlier, the first actor
+        # to finish importing could take all of them before the others ask.
+        pool.submit(
+            [(task_id, {"question": question, "answer": answer}) for task_id, (question, answer) in questions.items()],
+            group_size=2,
+        )
         deadline = time.monotonic() + 120
         while pool.stats().get("done", 0) < 12:
             assert time.monotonic() < deadline, pool.stats()
