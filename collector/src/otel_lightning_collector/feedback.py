@@ -11,6 +11,7 @@ whose spans are still on their way).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -133,24 +134,10 @@ class FeedbackRecorder:
                 responses = store_traces.rollout_responses(db, rollout_id)
                 pending = store_traces.pending_feedback(db, rollout_id, traces[rollout_id], responses)
                 for item in pending:
-                    _reward_update_event(db, _with_rollout(item, rollout_id), state[1], state[2])
+                    _reward_update_event(db, dataclasses.replace(item, rollout_id=rollout_id), state[1], state[2])
                 store_traces.mark_applied(db, [item.id for item in pending])
                 count += len(pending)
         if count:
             self.reward_updates += count
             self.notifier.notify()
         return count
-
-
-def _with_rollout(item: store_traces.Feedback, rollout_id: str) -> store_traces.Feedback:
-    return store_traces.Feedback(
-        item.id,
-        rollout_id,
-        item.trace_id,
-        item.response_id,
-        item.span_id,
-        item.name,
-        item.value,
-        item.time_ns,
-        item.origin,
-    )
