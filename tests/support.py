@@ -37,6 +37,19 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
+def run_until_done(worker: Any, pool: Any, count: int, timeout_s: float = 90) -> None:
+    """Run a `Worker` until `count` samples of its pool are done or failed, then stop it."""
+    thread = worker.start_in_thread()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while sum(v for k, v in pool.stats().items() if k in ("done", "failed")) < count:
+            assert time.monotonic() < deadline, pool.stats()
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
 class ChildProcess:
     """A command in a process of its own that can be killed -9 and started again (fault tests, the soak)."""
 

@@ -10,8 +10,7 @@ from otel_lightning import semconv
 from otel_lightning.task_client import TaskPoolClient
 from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning.worker import SubprocessAgent, Worker
-from tests.support import wait_for_rollouts
-from tests.train.test_worker import run_until_done
+from tests.support import run_until_done, wait_for_rollouts
 
 TASK = {"question": "What is 17+25?", "answer": "42"}
 EXAMPLES = Path(__file__).parents[2] / "examples"

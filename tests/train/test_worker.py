@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import time
 
 import pytest
 
 from otel_lightning.task_client import TaskPoolClient
 from otel_lightning.testing.openai_stub import StubOpenAIServer
 from otel_lightning.worker import SubprocessAgent, Worker
-from tests.support import rollouts, transitions, wait_for_rollouts
+from tests.support import rollouts, run_until_done, transitions, wait_for_rollouts
 
 # The dev environment has every framework's and vendor's instrumentor installed (to test composing with them);
 # a user's agent has ours. Those others cost each agent seconds of imports on a loaded 2-core machine.
@@ -37,19 +36,6 @@ AGENT = textwrap.dedent(
     ol.emit_reward(float("42" in reply.choices[0].message.content))
     """
 )
-
-
-def run_until_done(worker: Worker, pool: TaskPoolClient, count: int, timeout_s: float = 60) -> None:
-    """Run the worker until `count` samples of the pool are done or failed, then stop it."""
-    thread = worker.start_in_thread()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while sum(v for k, v in pool.stats().items() if k in ("done", "failed")) < count:
-            assert time.monotonic() < deadline, pool.stats()
-            time.sleep(0.05)
-    finally:
-        worker.stop()
-        thread.join(10)
 
 
 def test_subprocess_agent_outcomes_become_rollout_statuses(collector, otlp_export, openai_stub, tmp_path):

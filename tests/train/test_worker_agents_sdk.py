@@ -16,9 +16,8 @@ from otel_lightning.task_client import TaskPoolClient
 from otel_lightning.testing.openai_stub import chat_completion
 from otel_lightning.worker import Worker, _opentelemetry_instrument
 from otel_lightning.worker_setup import build_worker_parts
-from tests.support import rollouts, transitions, wait_for_rollouts
+from tests.support import rollouts, run_until_done, transitions, wait_for_rollouts
 from tests.train.test_worker import ONLY_OURS
-from tests.train.test_worker_gateway import run_until_done
 
 # The SDK's default model (OpenAIResponsesModel on the default client from OPENAI_BASE_URL), a tool, and
 # nothing about tracing. Prints whether the SDK's exporter to OpenAI got anything.

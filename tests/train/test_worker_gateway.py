@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -17,7 +16,7 @@ from otel_lightning.testing.openai_stub import token_ids
 from otel_lightning.worker import Worker
 from otel_lightning.worker_gateway import WorkerGateway
 from otel_lightning.worker_setup import build_worker_parts
-from tests.support import rollouts, transitions, wait_for_rollouts
+from tests.support import rollouts, run_until_done, transitions, wait_for_rollouts
 
 # Raw HTTP, no openai package, no OpenTelemetry; run as plain `python` (no opentelemetry-instrument).
 PLAIN_AGENT = textwrap.dedent(
@@ -48,18 +47,6 @@ def exact_answer(task_input, output):
 
 def failing_reward(task_input, output):
     raise KeyError("expected")
-
-
-def run_until_done(worker: Worker, pool: TaskPoolClient, count: int, timeout_s: float = 90) -> None:
-    thread = worker.start_in_thread()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while sum(v for k, v in pool.stats().items() if k in ("done", "failed")) < count:
-            assert time.monotonic() < deadline, pool.stats()
-            time.sleep(0.05)
-    finally:
-        worker.stop()
-        thread.join(10)
 
 
 def worker_for(collector, command, upstream, reward=None, auto_instrument=False, concurrency=2):
