@@ -25,6 +25,11 @@ Options (keys beside `_target_`):
     failed_rollouts: "raise" (default; verl drops the sample's group) or "penalty" (train on the
         failed rollout with reward `failure_penalty`).
     timeout_s: how long to wait for a rollout (default 600).
+    retokenize: false (default) or true. A step whose spans carried no token ids (`token_ids: absent`:
+        the agent's instrumentation records none and no model gateway saw the call) fails its rollout
+        with an error naming the fixes; with true, its ids are re-encoded from its messages with the
+        policy's tokenizer (verl's, through its chat template), without logprobs, and counted: the
+        output's `lightning_retokenized_steps`, its metrics' `retokenized_steps`, and the log.
 A rollout without a reward span gets reward_score None, so verl's configured reward function scores it.
 """
 
@@ -39,12 +44,26 @@ from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
-from otel_lightning.verl.outputs import MERGED, PER_CALL, Trajectory, trajectories
+from otel_lightning.train.hf_chat import HFChatTokenizer
+from otel_lightning.train.retokenize import RetokenizeError, retokenize
+from otel_lightning.v1 import transitions_pb2 as pb
+from otel_lightning.verl.outputs import MERGED, PER_CALL, MissingTokenIdsError, Trajectory, trajectories
 from otel_lightning.verl.rollout_waiter import FinishedRollout, RolloutFailedError, RolloutWaiter
 
 logger = logging.getLogger(__name__)
 
 SUCCEEDED = "succeeded"
+
+
+class LightningAgentLoopMetrics(AgentLoopMetrics):
+    """verl's per-output metrics (`meta_info["metrics"]`), plus how many steps were re-encoded."""
+
+    retokenized_steps: int = 0
+
+
+# Steps re-encoded, and rollouts failed for steps without token ids, by this process's agent loops
+# (verl makes a loop per sample): for the log.
+_counts = {"retokenized_steps": 0, "rollouts_failed_without_token_ids": 0}
 
 
 def _plain(value: Any) -> Any:
@@ -69,6 +88,7 @@ class LightningAgentLoop(AgentLoopBase):
         failed_rollouts: str = "raise",
         failure_penalty: float = 0.0,
         timeout_s: float = 600.0,
+        retokenize: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -83,6 +103,8 @@ class LightningAgentLoop(AgentLoopBase):
         self.failed_rollouts = failed_rollouts
         self.failure_penalty = failure_penalty
         self.timeout_s = timeout_s
+        self.retokenize = bool(retokenize)
+        self._chat_tokenizer: HFChatTokenizer | None = None
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput | list[AgentLoopOutput]:
         # The agent picks its own sampling settings; verl's sampling_params do not reach it.
@@ -129,12 +151,47 @@ class LightningAgentLoop(AgentLoopBase):
                 raise RolloutFailedError(detail)
             logger.info("%s; training on it with reward %s", detail, self.failure_penalty)
             reward = self.failure_penalty
-        pieces = trajectories(finished.transitions, self.outputs)
+        try:
+            pieces = trajectories(finished.transitions, self.outputs, self._rebuild if self.retokenize else None)
+        except MissingTokenIdsError as error:
+            _counts["rollouts_failed_without_token_ids"] += 1
+            so_far = _counts["rollouts_failed_without_token_ids"]
+            logger.warning("%s (%d such rollouts in this process so far)", error, so_far)
+            raise
         if not pieces:
             raise RolloutFailedError(f"rollout {finished.rollout_id} of task {finished.task_id} made no LLM call")
-        metrics = AgentLoopMetrics(generate_sequences=elapsed_s)
-        outputs = [self._output(piece, reward, finished, metrics) for piece in pieces]
+        retokenized = sum(len(piece.retokenized_steps) for piece in pieces)
+        if retokenized:
+            _counts["retokenized_steps"] += retokenized
+            logger.info(
+                "rollout %s: %d of %d steps had no token ids and were retokenised (%d in this process so far)",
+                finished.rollout_id,
+                retokenized,
+                len(finished.transitions),
+                _counts["retokenized_steps"],
+            )
+        outputs = [
+            self._output(
+                piece,
+                reward,
+                finished,
+                LightningAgentLoopMetrics(generate_sequences=elapsed_s, retokenized_steps=len(piece.retokenized_steps)),
+            )
+            for piece in pieces
+        ]
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _rebuild(self, transition: pb.Transition) -> tuple[list[int], list[int]]:
+        """A step's (prompt ids, response ids) re-encoded with verl's tokenizer (retokenize.py)."""
+        if self._chat_tokenizer is None:
+            self._chat_tokenizer = HFChatTokenizer(self.tokenizer)
+        try:
+            return retokenize(self._chat_tokenizer, transition.state_json, transition.action_json)
+        except RetokenizeError as error:
+            raise MissingTokenIdsError(
+                f"transition {transition.step} of rollout {transition.rollout_id} has no token ids and cannot be"
+                f" retokenised: {error}"
+            ) from error
 
     def _output(
         self, piece: Trajectory, reward: float | None, finished: FinishedRollout, metrics: AgentLoopMetrics
@@ -156,5 +213,6 @@ class LightningAgentLoop(AgentLoopBase):
                 "lightning_task_id": finished.task_id,
                 "lightning_steps": piece.steps,
                 "lightning_policy_versions": piece.policy_versions,
+                "lightning_retokenized_steps": piece.retokenized_steps,
             },
         )
