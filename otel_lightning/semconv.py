@@ -109,3 +109,12 @@ BAGGAGE_CANDIDATE = CANDIDATE
 # Set to "false" (the worker does, for its agents) to keep agent frameworks from uploading their own traces
 # to their vendor (the OpenAI Agents SDK's default exporter: ~3 s per process offline); our spans stay.
 ENV_VENDOR_TRACE_UPLOAD = "LIGHTNING_VENDOR_TRACE_UPLOAD"
+
+# --- OpenInference annotations as rewards (collector: annotations.py, annotation_attributes.py; issue 13) --
+# On the span they rate (OpenInference spec/annotations.md): `annotations.<i>.annotation.<field>` or, the same
+# result in evaluation terms, `evaluations.<i>.evaluation.<field>`; fields name, score, label, explanation,
+# annotator_kind, identifier, metadata. A numeric score becomes a reward named by `name`.
+OPENINFERENCE_ANNOTATION_FORMS = (("annotations", "annotation"), ("evaluations", "evaluation"))
+# Arize Phoenix's REST endpoint for span annotations, served by the collector's OTLP/HTTP port with Phoenix's
+# body and answer, so an app pointing `phoenix.client.Client(base_url=...)` at the collector gives rewards.
+PHOENIX_SPAN_ANNOTATIONS_PATH = "/v1/span_annotations"

@@ -40,6 +40,7 @@ class UnknownTargetError(LookupError):
 class Recorded:
     rollout_id: str  # "" while no rollout has the named trace or response yet
     rollout_completed: bool
+    feedback_id: int = 0  # its row in the store's feedback table
 
 
 def _rollout_state(db: sqlite3.Connection, rollout_id: str) -> tuple[str, str, int] | None:
@@ -110,14 +111,14 @@ class FeedbackRecorder:
                 origin,
             )
             completed = state is not None and state[0] == COMPLETED
-            store_traces.add_feedback(db, item, applied=completed)
+            feedback_id = store_traces.add_feedback(db, item, applied=completed)
             if completed:
                 _reward_update_event(db, item, state[1], state[2])
         self.recorded += 1
         if completed:
             self.reward_updates += 1
             self.notifier.notify()
-        return Recorded(rollout_id, completed)
+        return Recorded(rollout_id, completed, feedback_id)
 
     def flush_completed(self, rollout_ids: list[str]) -> int:
         """After these rollouts' completions are committed: rewards recorded for them meanwhile (not

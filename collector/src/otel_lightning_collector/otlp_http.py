@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from otel_lightning import semconv
 from otel_lightning_collector.auth import TokenCheck
 from otel_lightning_collector.export_tickets import ExportTicket
 from otel_lightning_collector.http_limits import (
@@ -45,6 +46,8 @@ TRACES_PATH = "/v1/traces"
 OTHER_SIGNAL_PATHS = ("/v1/metrics", "/v1/logs")
 # Late feedback as JSON (`otel-lightning feedback` over HTTP): {"trace_id"|"rollout_id"|"response_id", "score", "name"}.
 FEEDBACK_PATH = "/v1/feedback"
+# Arize Phoenix's span annotations (its client's `spans.add_span_annotation`), as rewards: see annotations.py.
+SPAN_ANNOTATIONS_PATH = semconv.PHOENIX_SPAN_ANNOTATIONS_PATH
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 RETRY_AFTER_S = 1
@@ -55,6 +58,8 @@ _GRPC_METHODS = {
     "/v1/metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
     "/v1/logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
     "/v1/feedback": "/otel_lightning.v1.Feedback/Record",
+    # Annotations are feedback: the same roles may send them.
+    SPAN_ANNOTATIONS_PATH: "/otel_lightning.v1.Feedback/Record",
 }
 _RPC_CODES = {
     HTTPStatus.SERVICE_UNAVAILABLE: 14,
@@ -146,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
             # Without a length the body's end is unknown: answer, then close the connection.
             intake.count(requests_malformed=1)
             return self._refuse(HTTPStatus.BAD_REQUEST, str(error), as_json, length=-1)
-        if path not in (TRACES_PATH, FEEDBACK_PATH, *OTHER_SIGNAL_PATHS):
+        if path not in (TRACES_PATH, FEEDBACK_PATH, SPAN_ANNOTATIONS_PATH, *OTHER_SIGNAL_PATHS):
             return self._refuse(
                 HTTPStatus.NOT_FOUND, f"no OTLP endpoint at {path}; traces go to {TRACES_PATH}", as_json, length=length
             )
@@ -182,6 +187,11 @@ class _Handler(BaseHTTPRequestHandler):
             body_read = True
             if path == FEEDBACK_PATH and self.server.feedback is not None:
                 status, answer = self.server.feedback.http(body)
+                return self._reply(status, answer, True)
+            if path == SPAN_ANNOTATIONS_PATH:
+                if self.server.annotations is None:
+                    return self._error(HTTPStatus.NOT_FOUND, "this collector takes no span annotations", True)
+                status, answer = self.server.annotations.http(body, self.path.partition("?")[2])
                 return self._reply(status, answer, True)
             if path != TRACES_PATH:
                 intake.count(other_signal_requests=1)
@@ -360,6 +370,7 @@ class OtlpHttpReceiver:
         # Set by the collector: logs and metrics (signal_intake.SignalIntake), feedback (feedback_service).
         self._server.signals = None
         self._server.feedback = None
+        self._server.annotations = None  # annotations.SpanAnnotationService
         self._server.max_body_bytes = max_body_bytes
         self._server.max_json_bytes = limits.max_json_bytes
         self._server.read_timeout_s = limits.read_timeout_s

@@ -42,6 +42,10 @@ _SHOWN_COUNTERS = (
     "signals.log_records_stored",
     "feedback.recorded",
     "feedback.reward_updates",
+    # Phoenix span annotations (annotations.py): rewards recorded, and those that gave none, by reason.
+    "annotations.recorded",
+    "annotations.without_score",
+    "annotations.unknown_span",
 )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from otel_lightning.v1 import feedback_pb2_grpc as fb_grpc
+from otel_lightning_collector.annotations import SpanAnnotationService
 from otel_lightning_collector.assembler import RolloutAssembler
 from otel_lightning_collector.episodes import NO_ROLLOUT, LooseTraces
 from otel_lightning_collector.feedback import FeedbackRecorder
@@ -59,6 +60,7 @@ class TraceExtras:
         )
         self.signals = SignalIntake(store, self.recorder, forward=dict(self.forwarders))
         self.feedback = FeedbackService(self.recorder)
+        self.annotations = SpanAnnotationService(store, self.recorder, wait_indexed=intake.indexer.flush)
         self.membership = TraceMembership(store, keep_all=config.episodes, workers_active=workers_active)
         intake.keeps = self.membership.keeps
         intake.not_kept = lambda spans: self.not_kept.note(NO_ROLLOUT, spans)
@@ -80,6 +82,7 @@ class TraceExtras:
         if http is not None:
             http._server.signals = self.signals
             http._server.feedback = self.feedback
+            http._server.annotations = self.annotations
 
     def start(self) -> None:
         for forwarder in self.forwarders.values():
@@ -94,6 +97,7 @@ class TraceExtras:
         found.update({f"episodes.{k}": v for k, v in vars(self.loose.counters).items()})
         found["feedback.recorded"] = self.recorder.recorded
         found["feedback.reward_updates"] = self.recorder.reward_updates
+        found.update({f"annotations.{k}": v for k, v in vars(self.annotations.counters).items()})
         found["not_kept.spans"] = self.not_kept.total
         found["assembly.steps_without_token_ids"] = self.assembler.inputs.steps_without_token_ids
         for signal, forwarder in self.forwarders.items():

@@ -14,6 +14,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from otel_lightning import semconv
 from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning_collector import evaluations
+from otel_lightning_collector.annotation_attributes import annotation_rewards
 from otel_lightning_collector.credit import CreditRule
 from otel_lightning_collector.dialects import LLM, TOOL, CanonicalStep, MessageFormError, read_span
 from otel_lightning_collector.spans import any_value, attributes, span_view
@@ -180,10 +181,10 @@ def build_rollout(
     Spans are read through the dialects (ours, GenAI, OpenInference, OpenLLMetry); LLM steps are the
     steps, one per model call (step_merge: the gateway's and the client's spans of a call are one
     step; failed LLM calls produce no action, so no transition). Rewards — reward spans,
-    `gen_ai.evaluation.result` span events, and `extra_rewards` (feedback and evaluation log records
-    recorded while the rollout was open) — are spread over the steps by `credit`; next_state is the
-    next step of the same agent. `logs`: the log records of the rollout's traces (the GenAI message
-    events some instrumentors write instead of attributes).
+    `gen_ai.evaluation.result` span events, OpenInference annotation attributes, and `extra_rewards`
+    (feedback, evaluation log records, Phoenix annotations recorded while the rollout was open) — are
+    spread over the steps by `credit`; next_state is the next step of the same agent. `logs`: the log
+    records of the rollout's traces (the GenAI message events some instrumentors write instead of attributes).
     `trains_agent` selects the agents whose steps become transitions in multi-agent runs; what the
     others said stays in the conversation, as state. `source` is "" for a rollout, "episode" for
     production traffic.
@@ -208,6 +209,8 @@ def build_rollout(
                 event_time = next(e.time_unix_nano for e in span.events if e.name == event_name)
                 if (item := evaluations.evaluation(event_attributes, event_time, span.span_id)) is not None:
                     rated.append(item)
+        # OpenInference annotations on the span itself (annotation_attributes): rewards rating this span.
+        rated += annotation_rewards(found, span.end_time_unix_nano, span.span_id)
         if kind == semconv.SPAN_KIND_ROLLOUT:
             root = span
             continue

@@ -1,0 +1,242 @@
+"""Arize Phoenix's span annotations as rewards: `POST /v1/span_annotations` on the OTLP/HTTP port.
+
+Phoenix records annotations (a human's thumbs-up, an LLM judge's grade) over REST, not OTLP. The
+collector answers that endpoint with Phoenix's body and answer, so an app that points the Phoenix
+client at it (`Client(base_url="http://127.0.0.1:4318").spans.add_span_annotation(...)` or
+`log_span_annotations(...)`) gives rewards:
+
+    {"data": [{"span_id": "<16 hex>", "name": "correctness", "annotator_kind": "HUMAN" | "LLM" | "CODE",
+               "result": {"score": 1.0, "label": "...", "explanation": "..."}, "metadata": {...},
+               "identifier": "..."}]}
+    ?sync=true  ->  200 {"data": [{"id": "..."}, ...]}  (one per annotation, in order)
+    otherwise   ->  200 {"data": []}
+
+Each annotation's `result.score` becomes a reward named by its `name`, for the step of the span it
+rates (feedback.py: taken by the rollout's completion, or a RewardUpdate once the rollout is complete).
+The span is found by its id among the spans stored here (after the spans acknowledged so far are
+indexed). Not a reward, counted, logged (at most once a minute per reason) and shown by
+`otel-lightning status`: an annotation with no score (a label or an explanation only: Phoenix keeps
+it, there is no number to train on) and one for a span this collector does not hold (not received
+yet, not kept, or deleted by retention). As in Phoenix, with `sync=true` an unknown span fails the
+whole request with 404 and records nothing; without it the others are recorded. A body Phoenix
+would refuse gets 422 with the reason (400 for the reserved name `note`, as Phoenix answers).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs
+
+from otel_lightning_collector.feedback import FeedbackRecorder
+from otel_lightning_collector.store import Store
+
+logger = logging.getLogger(__name__)
+
+ANNOTATION = "annotation"  # the origin of these rewards (RewardUpdate.origin)
+ANNOTATOR_KINDS = ("LLM", "CODE", "HUMAN")
+RESERVED_NAME = "note"  # Phoenix keeps it for span notes (POST /v1/span_notes)
+WITHOUT_SCORE = "an annotation with no result.score is not a reward (Phoenix keeps labels; there is no number)"
+UNKNOWN_SPAN = (
+    "an annotation for a span this collector does not hold (not received yet: annotate after the span is"
+    " exported; not kept: its trace is in no rollout and --episodes is off; or deleted by retention)"
+)
+_LOG_EVERY_S = 60.0
+# How long a request with unknown span ids waits for the spans already acknowledged to be indexed.
+_INDEX_WAIT_S = 2.0
+_TRUE, _FALSE = ("1", "true", "yes", "on", "t", "y"), ("0", "false", "no", "off", "f", "n")
+
+
+class AnnotationBodyError(ValueError):
+    """A body Phoenix would refuse (422), with the reason."""
+
+
+@dataclass
+class AnnotationCounters:
+    requests: int = 0
+    requests_refused: int = 0  # bad bodies (4xx)
+    received: int = 0  # annotations in accepted bodies
+    recorded: int = 0  # rewards recorded
+    without_score: int = 0
+    unknown_span: int = 0
+
+
+@dataclass(frozen=True)
+class SpanAnnotation:
+    span_id: str  # lowercase hex
+    name: str
+    score: float | None
+
+
+def _score(result: Any, where: str) -> float | None:
+    if result is None:
+        return None
+    if not isinstance(result, dict):
+        raise AnnotationBodyError(f"{where}.result must be an object or null")
+    for field in ("label", "explanation"):
+        if result.get(field) is not None and not isinstance(result[field], str):
+            raise AnnotationBodyError(f"{where}.result.{field} must be a string or null")
+    score = result.get("score")
+    if score is None:
+        return None
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        raise AnnotationBodyError(f"{where}.result.score must be a finite number or null, not {score!r}")
+    return float(score)
+
+
+def _annotation(item: Any, index: int) -> SpanAnnotation:
+    where = f"data[{index}]"
+    if not isinstance(item, dict):
+        raise AnnotationBodyError(f"{where} must be an object")
+    name, kind, span_id = item.get("name"), item.get("annotator_kind"), item.get("span_id")
+    if not isinstance(name, str) or not name.strip():
+        raise AnnotationBodyError(f"{where}.name must be a non-empty string")
+    if kind not in ANNOTATOR_KINDS:
+        raise AnnotationBodyError(f"{where}.annotator_kind must be one of {', '.join(ANNOTATOR_KINDS)}, not {kind!r}")
+    if not isinstance(span_id, str):
+        raise AnnotationBodyError(f"{where}.span_id must be a string (the span id in hex)")
+    span_id = span_id.strip().lower()
+    try:
+        if len(bytes.fromhex(span_id)) != 8:
+            raise ValueError
+    except ValueError:
+        message = f"{where}.span_id {span_id[:40]!r} is not an OpenTelemetry span id (16 hex digits)"
+        raise AnnotationBodyError(message) from None
+    if item.get("metadata") is not None and not isinstance(item["metadata"], dict):
+        raise AnnotationBodyError(f"{where}.metadata must be an object or null")
+    if item.get("identifier") is not None and not isinstance(item["identifier"], str):
+        raise AnnotationBodyError(f"{where}.identifier must be a string")
+    return SpanAnnotation(span_id, name.strip(), _score(item.get("result"), where))
+
+
+def parse_body(body: bytes) -> list[SpanAnnotation]:
+    """The annotations of a Phoenix `AnnotateSpansRequestBody`; AnnotationBodyError says what is wrong."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise AnnotationBodyError(f"the body is not JSON: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise AnnotationBodyError('the body must be {"data": [span annotation, ...]}')
+    return [_annotation(item, index) for index, item in enumerate(document["data"])]
+
+
+def _sync(query: str) -> bool:
+    values = parse_qs(query).get("sync") or ["false"]
+    value = values[-1].strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise AnnotationBodyError(f"sync must be true or false, not {values[-1]!r}")
+    return value in _TRUE
+
+
+def _answer(document: dict[str, Any]) -> bytes:
+    return json.dumps(document).encode()
+
+
+class SpanAnnotationService:
+    def __init__(
+        self,
+        store: Store,
+        recorder: FeedbackRecorder,
+        wait_indexed: Callable[[float], bool] | None = None,
+        log_every_s: float = _LOG_EVERY_S,
+    ) -> None:
+        self.store = store
+        self.recorder = recorder
+        # Waits (up to the given seconds) until the spans acknowledged so far are stored one by one.
+        self.wait_indexed = wait_indexed
+        self.counters = AnnotationCounters()
+        self.log_every_s = log_every_s
+        self._unlogged: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def http(self, body: bytes, query: str = "") -> tuple[HTTPStatus, bytes]:
+        """(status, JSON answer) for one `POST /v1/span_annotations`, as Phoenix answers it."""
+        with self._lock:
+            self.counters.requests += 1
+        try:
+            sync = _sync(query)
+            annotations = parse_body(body)
+        except AnnotationBodyError as error:
+            return self._refused(HTTPStatus.UNPROCESSABLE_ENTITY, str(error))
+        if any(item.name == RESERVED_NAME for item in annotations):
+            return self._refused(
+                HTTPStatus.BAD_REQUEST, "The name 'note' is reserved for span notes. Use POST /v1/span_notes instead."
+            )
+        with self._lock:
+            self.counters.received += len(annotations)
+        try:
+            traces = self._traces_of({item.span_id for item in annotations})
+            unknown = sorted({item.span_id for item in annotations} - set(traces))
+            if unknown and sync:
+                self._note(UNKNOWN_SPAN, len([item for item in annotations if item.span_id in unknown]))
+                return HTTPStatus.NOT_FOUND, _answer({"detail": f"Spans with IDs {', '.join(unknown)} do not exist."})
+            ids = [self._take(item, traces.get(item.span_id)) for item in annotations]
+        except sqlite3.Error as error:
+            logger.error("store %s refused span annotations: %s", self.store.path, error)
+            return HTTPStatus.SERVICE_UNAVAILABLE, _answer({"detail": f"collector store is not writable ({error})"})
+        return HTTPStatus.OK, _answer({"data": [{"id": found} for found in ids] if sync else []})
+
+    def _refused(self, status: HTTPStatus, reason: str) -> tuple[HTTPStatus, bytes]:
+        with self._lock:
+            self.counters.requests_refused += 1
+        logger.info("span annotations refused (%d): %s", status, reason)
+        return status, _answer({"detail": reason})
+
+    def _traces_of(self, span_ids: set[str]) -> dict[str, str]:
+        """{span id: trace id} of the stored spans among `span_ids`; waits once for indexing if some are missing."""
+        found = self._lookup(span_ids)
+        if len(found) < len(span_ids) and self.wait_indexed is not None and self.wait_indexed(_INDEX_WAIT_S):
+            found = self._lookup(span_ids)
+        return found
+
+    def _lookup(self, span_ids: set[str]) -> dict[str, str]:
+        # No index on span_id alone (spans are written far more often than annotated): one scan per request.
+        wanted = sorted(span_ids)
+        marks = ", ".join("?" * len(wanted))
+        rows = self.store.reader().execute(f"SELECT span_id, trace_id FROM spans WHERE span_id IN ({marks})", wanted)
+        return {span_id: trace_id for span_id, trace_id in rows}
+
+    def _take(self, item: SpanAnnotation, trace_id: str | None) -> str:
+        """Record one annotation (or count why not); its id in Phoenix's form (a Relay global id)."""
+        if trace_id is None:
+            self._note(UNKNOWN_SPAN, 1)
+            return _global_id(f"unknown:{item.span_id}")
+        if item.score is None:
+            self._note(WITHOUT_SCORE, 1)
+            return _global_id(f"unscored:{item.span_id}")
+        recorded = self.recorder.record(
+            score=item.score, name=item.name, trace_id=trace_id, span_id=item.span_id, origin=ANNOTATION
+        )
+        with self._lock:
+            self.counters.recorded += 1
+        return _global_id(str(recorded.feedback_id))
+
+    def _note(self, reason: str, count: int) -> None:
+        """Count annotations that give no reward; log the reason at most once a minute per reason."""
+        with self._lock:
+            if reason == UNKNOWN_SPAN:
+                self.counters.unknown_span += count
+            else:
+                self.counters.without_score += count
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + count
+            now = time.monotonic()
+            if now - self._logged_at.get(reason, -self.log_every_s) < self.log_every_s:
+                return
+            self._logged_at[reason] = now
+            count = self._unlogged.pop(reason)
+        logger.warning("%d span annotation(s) not recorded as rewards: %s", count, reason)
+
+
+def _global_id(local: str) -> str:
+    # Phoenix answers Relay global ids, base64("SpanAnnotation:<row id>"); ours number the feedback row.
+    return base64.b64encode(f"SpanAnnotation:{local}".encode()).decode()
