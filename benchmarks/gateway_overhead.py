@@ -60,10 +60,47 @@ def serve_gateway(port: int, upstream: str) -> None:
 
 
 def serve_bare_proxy(port: int, upstream: str) -> None:
-    """The reference: uvicorn and a pooled httpx client passing bodies through, nothing recorded."""
-    import uvicorn
+    """The floor: aiohttp's server and one keep-alive ClientSession passing bodies through, nothing
+    recorded (the gateway's own stack, without the gateway's work)."""
+    from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
-    from otel_lightning_gateway.upstream import new_client
+    async def start(app: web.Application) -> None:
+        connector = TCPConnector(limit=1024, keepalive_timeout=30)
+        app["session"] = ClientSession(connector=connector, timeout=ClientTimeout(total=None, sock_connect=3))
+
+    async def close(app: web.Application) -> None:
+        await app["session"].close()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        content = await request.read()
+        url = upstream + request.path[3:]
+        headers = {"content-type": "application/json"}
+        async with request.app["session"].post(url, data=content, headers=headers) as answer:
+            kind = answer.headers.get("content-type", "")
+            if "text/event-stream" not in kind:
+                return web.Response(body=await answer.read(), status=answer.status, headers={"content-type": kind})
+            response = web.StreamResponse(status=answer.status, headers={"content-type": kind})
+            await response.prepare(request)
+            async for data in answer.content.iter_any():
+                await response.write(data)
+            await response.write_eof()
+            return response
+
+    async def models(request: web.Request) -> web.Response:
+        async with request.app["session"].get(upstream + "/models") as answer:
+            return web.Response(body=await answer.read(), status=answer.status, content_type="application/json")
+
+    app = web.Application()
+    app.on_startup.append(start)
+    app.on_cleanup.append(close)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/{tail:.*}", handle)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def serve_uvicorn_proxy(port: int, upstream: str) -> None:
+    """The stack the gateway had before (uvicorn + one pooled httpx client), passing bytes through."""
+    import uvicorn
 
     client: httpx.AsyncClient | None = None
 
@@ -71,7 +108,11 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
         nonlocal client
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] == "lifespan.startup":
-                client = new_client(3.0, 600.0)
+                limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=30.0)
+                transport = httpx.AsyncHTTPTransport(
+                    limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+                )
+                client = httpx.AsyncClient(transport=transport, timeout=600, trust_env=False)
                 await send({"type": "lifespan.startup.complete"})
             return await send({"type": "lifespan.shutdown.complete"})
         request = b""
@@ -169,83 +210,108 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
+# Ways through to the upstream, besides "direct": (name in the table, the --serve-* flag that starts it).
+PROXIES = {
+    "bare proxy": "--serve-bare-proxy",
+    "gateway": "--serve-gateway",
+}
+OLD_STACK = ("uvicorn proxy", "--serve-uvicorn-proxy")
+
+
+def figures_of(found: dict[str, list[float]], cpu_per_call: dict[str, float], rates: dict[str, float]) -> dict:
+    """Per way: p50/p99 added over direct (ms), CPU ms per call of the answering process, calls/s and its
+    ratio to direct."""
+    p50 = {way: percentile(values, 50) * 1000 for way, values in found.items()}
+    p99 = {way: percentile(values, 99) * 1000 for way, values in found.items()}
+    out: dict[str, dict[str, float]] = {}
+    for way in found:
+        out[way] = {
+            "p50_ms": round(p50[way], 3),
+            "p99_ms": round(p99[way], 3),
+            "added_p50_ms": round(p50[way] - p50["direct"], 3),
+            "added_p99_ms": round(p99[way] - p99["direct"], 3),
+            "cpu_ms_per_call": round(cpu_per_call[way] * 1000, 3),
+            "calls_per_s": round(rates[way]),
+            "throughput_ratio": round(rates[way] / rates["direct"], 2),
+        }
+    return out
+
+
+def print_table(figures: dict[str, dict[str, dict[str, float]]]) -> None:
+    print("| mode | way | p50 added | p99 added | CPU per call | calls/s (of direct) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for mode, ways in figures.items():
+        for way, f in ways.items():
+            if way == "direct":
+                print(
+                    f"| {mode} | direct (p50 {f['p50_ms']:.2f} ms) | | | {f['cpu_ms_per_call']:.2f} ms"
+                    f" | {f['calls_per_s']:,} |"
+                )
+                continue
+            print(
+                f"| {mode} | {way} | {f['added_p50_ms']:.2f} ms | {f['added_p99_ms']:.2f} ms"
+                f" | {f['cpu_ms_per_call']:.2f} ms | {f['calls_per_s']:,} ({f['throughput_ratio']:.2f}) |"
+            )
+    print("CPU per call: of the process that answers (direct: the stub; otherwise the proxy alone).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=300, help="calls per way and mode for the latency figures")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0, help="per way and mode for the throughput figures")
+    parser.add_argument(
+        "--old-stack", action="store_true", help="add a row for the gateway's former stack (uvicorn + httpx), bare"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object of figures on the last line")
     parser.add_argument("--serve-gateway", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-uvicorn-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_gateway:
-        return serve_gateway(int(args.serve_gateway[0]), args.serve_gateway[1])
-    if args.serve_bare_proxy:
-        return serve_bare_proxy(int(args.serve_bare_proxy[0]), args.serve_bare_proxy[1])
+    for given, serve in (
+        (args.serve_gateway, serve_gateway),
+        (args.serve_bare_proxy, serve_bare_proxy),
+        (args.serve_uvicorn_proxy, serve_uvicorn_proxy),
+    ):
+        if given:
+            return serve(int(given[0]), given[1])
 
-    stub_port, gateway_port, bare_port = free_port(), free_port(), free_port()
+    proxies = dict(PROXIES)
+    if args.old_stack:
+        proxies[OLD_STACK[0]] = OLD_STACK[1]
+    stub_port = free_port()
     upstream = f"http://127.0.0.1:{stub_port}/v1"
     stub = [sys.executable, "-m", "otel_lightning.testing.openai_stub", "--port", str(stub_port)]
-    children = [
-        subprocess.Popen(stub, stdout=subprocess.DEVNULL),
-        subprocess.Popen([sys.executable, __file__, "--serve-gateway", str(gateway_port), upstream], cwd=ROOT),
-        subprocess.Popen([sys.executable, __file__, "--serve-bare-proxy", str(bare_port), upstream], cwd=ROOT),
-    ]
+    children = {"direct": subprocess.Popen(stub, stdout=subprocess.DEVNULL)}
+    bases = {"direct": upstream}
+    for way, flag in proxies.items():
+        port = free_port()
+        children[way] = subprocess.Popen([sys.executable, __file__, flag, str(port), upstream], cwd=ROOT)
+        bases[way] = f"http://127.0.0.1:{port}/v1"
     try:
-        bases = {
-            "direct": upstream,
-            "gateway": f"http://127.0.0.1:{gateway_port}/v1",
-            "bare": f"http://127.0.0.1:{bare_port}/v1",
-        }
         for base in bases.values():
             wait_for(f"{base}/models")
-        processes = {way: psutil.Process(child.pid) for way, child in zip(bases, children, strict=True)}
-        figures: dict[str, dict[str, float]] = {}
+        processes = {way: psutil.Process(child.pid) for way, child in children.items()}
+        figures: dict[str, dict[str, dict[str, float]]] = {}
         for mode, stream in (("plain", False), ("streamed", True)):
             found, cpu_per_call = latencies(bases, stream, args.calls, args.rounds, processes)
             rates = {
                 way: asyncio.run(throughput(base, stream, args.concurrency, args.seconds))
                 for way, base in bases.items()
             }
-            p50 = {way: percentile(values, 50) * 1000 for way, values in found.items()}
-            p99 = {way: percentile(values, 99) * 1000 for way, values in found.items()}
-            figures[mode] = {
-                "direct_p50_ms": round(p50["direct"], 3),
-                "gateway_p50_ms": round(p50["gateway"], 3),
-                "added_p50_ms": round(p50["gateway"] - p50["direct"], 3),
-                "added_p99_ms": round(p99["gateway"] - p99["direct"], 3),
-                "bare_proxy_added_p50_ms": round(p50["bare"] - p50["direct"], 3),
-                "gateway_cpu_ms_per_call": round(cpu_per_call["gateway"] * 1000, 3),
-                "bare_proxy_cpu_ms_per_call": round(cpu_per_call["bare"] * 1000, 3),
-                "upstream_cpu_ms_per_call": round(cpu_per_call["direct"] * 1000, 3),
-                "direct_calls_per_s": round(rates["direct"]),
-                "gateway_calls_per_s": round(rates["gateway"]),
-                "bare_proxy_calls_per_s": round(rates["bare"]),
-                "throughput_ratio": round(rates["gateway"] / rates["direct"], 2),
-            }
+            figures[mode] = figures_of(found, cpu_per_call, rates)
     finally:
-        for child in children:
+        for child in children.values():
             child.terminate()
             child.wait(10)
     if args.json:
         print(json.dumps({"concurrency": args.concurrency, **figures}))
         return
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load}")
     print(f"{args.calls} calls per way for latency, {args.concurrency} callers x {args.seconds:g} s for throughput")
-    print("| mode | way | p50 added | p99 added | CPU per call | calls/s |")
-    print("|---|---|---:|---:|---:|---:|")
-    for mode, f in figures.items():
-        print(f"| {mode} | direct | | | {f['upstream_cpu_ms_per_call']:.2f} ms | {f['direct_calls_per_s']:,} |")
-        print(
-            f"| {mode} | bare proxy | {f['bare_proxy_added_p50_ms']:.2f} ms |"
-            f" | {f['bare_proxy_cpu_ms_per_call']:.2f} ms | {f['bare_proxy_calls_per_s']:,} |"
-        )
-        print(
-            f"| {mode} | gateway | {f['added_p50_ms']:.2f} ms | {f['added_p99_ms']:.2f} ms"
-            f" | {f['gateway_cpu_ms_per_call']:.2f} ms | {f['gateway_calls_per_s']:,}"
-            f" ({f['throughput_ratio']:.2f} of direct) |"
-        )
+    print_table(figures)
 
 
 if __name__ == "__main__":

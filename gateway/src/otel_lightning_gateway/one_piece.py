@@ -1,19 +1,18 @@
 """Streams made from answers that came in one piece (a model server that cannot stream, or did not):
-the caller who asked for a stream still gets one, in the shape its API promises."""
+the caller who asked for a stream still gets one (an SSE body), in the shape its API promises."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from starlette.responses import Response
 
 from otel_lightning_gateway import sse
 from otel_lightning_gateway.responses_stream import ResponsesEventWriter
 from otel_lightning_gateway.token_options import Asked
 
 
-def chunks(answer: dict[str, Any], asked: Asked | None, chat: bool) -> Response:
+def chunks(answer: dict[str, Any], asked: Asked | None, chat: bool) -> bytes:
     """The stream a caller asked for, made of an answer that came in one piece: one chunk with each
     choice's whole message (chat) or text (completions), then [DONE]; token ids, logprobs and usage
     only where the caller asked for them."""
@@ -40,11 +39,10 @@ def chunks(answer: dict[str, Any], asked: Asked | None, chat: bool) -> Response:
     events = [chunk]
     if (asked is None or asked.usage) and answer.get("usage"):
         events.append({**head, "choices": [], "usage": answer["usage"]})
-    body = b"".join(sse.encode(orjson.dumps(event)) for event in events) + sse.encode(sse.DONE)
-    return Response(body, media_type="text/event-stream")
+    return b"".join(sse.encode(orjson.dumps(event)) for event in events) + sse.encode(sse.DONE)
 
 
-def responses_events(responses_body: dict[str, Any], chat: dict[str, Any], asked: Asked | None) -> Response:
+def responses_events(responses_body: dict[str, Any], chat: dict[str, Any], asked: Asked | None) -> bytes:
     """The Responses API's events for a chat completion that came in one piece."""
     writer = ResponsesEventWriter(responses_body, asked_token_ids=asked is not None and asked.token_ids)
     choice = (chat.get("choices") or [{}])[0]
@@ -53,5 +51,4 @@ def responses_events(responses_body: dict[str, Any], chat: dict[str, Any], asked
     if message.get("tool_calls"):
         delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
     events = writer.start() + writer.add({"choices": [{"index": 0, "delta": delta}]}) + writer.finish(chat)
-    body = b"".join(sse.encode(orjson.dumps(event), event["type"]) for event in events)
-    return Response(body, media_type="text/event-stream")
+    return b"".join(sse.encode(orjson.dumps(event), event["type"]) for event in events)

@@ -1,26 +1,31 @@
 """Streamed model answers: relayed event by event to the caller while the call's span is filled in.
 
 Each handler turns one upstream SSE event into the bytes the caller gets (the event unchanged, the
-event without what only the gateway asked for, or the Responses API events it stands for). `relay`
-pumps the upstream into the caller and watches for the caller going away: then the span is marked
-cancelled and the upstream stream is closed, so the model server stops generating for nobody.
+event without what only the gateway asked for, or the Responses API events it stands for); `end`
+ends the span and gives the last bytes. The span ends before the caller has its whole answer: an
+agent that exits on its last answer (and the worker that then ends the rollout) finds every span of
+its calls already recorded. `relay` pumps the upstream into the caller; when the caller goes away
+(aiohttp cancels the handler, or a write finds the socket closed) the span is marked cancelled and
+the upstream stream is closed, so the model server stops generating for nobody.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
 
-import anyio
-import httpx
+import aiohttp
 import orjson
+from aiohttp import web
 
 from otel_lightning_gateway import sse
 from otel_lightning_gateway.accumulate import StreamAccumulator
 from otel_lightning_gateway.recording import CallSpan
 from otel_lightning_gateway.responses_stream import ResponsesEventWriter
 from otel_lightning_gateway.token_options import Asked, strip
+from otel_lightning_gateway.upstream import UPSTREAM_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +60,9 @@ class ChunkRelay:
         self.accumulator.add(chunk)
         if self.asked is None or self.asked.everything:
             return event.raw + b"\n\n"
-        kept = strip(chunk, self.asked)
+        kept, changed = strip(chunk, self.asked)
+        if not changed:
+            return event.raw + b"\n\n"
         return b"" if kept is None else sse.encode(orjson.dumps(kept))
 
     def end(self) -> bytes:
@@ -158,57 +165,56 @@ class ResponsesRelay:
         self.call.cancel(self.final)
 
 
-async def relay(handler: Any, upstream: httpx.Response, receive: Any, send: Any) -> None:
-    """Stream `upstream` through `handler` to the caller; ends the span one way or another and always
-    closes the upstream response."""
-    splitter = sse.EventSplitter()
-    disconnected = False
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
-    async def pump() -> None:
-        nonlocal disconnected
-        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+class _CallerGoneError(Exception):
+    """A write to the caller found its connection closed."""
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    try:
+        await response.write(data)
+    except ConnectionResetError as error:  # aiohttp: "Cannot write to closing transport"
+        raise _CallerGoneError from error
+
+
+async def relay(handler: Any, upstream: aiohttp.ClientResponse, request: web.BaseRequest) -> web.StreamResponse:
+    """Stream `upstream` through `handler` to the caller; ends the span one way or another and always
+    lets go of the upstream response."""
+    splitter = sse.EventSplitter()
+    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    finished = False
+    try:
+        await response.prepare(request)
         first = handler.begin()
         if first:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
-        async for data in upstream.aiter_raw():
-            out = b"".join(handler.on_event(event) for event in splitter.feed(data))
+            await _write(response, first)
+        async for data in upstream.content.iter_any():
+            out = b"".join([handler.on_event(event) for event in splitter.feed(data)])
             if out:
-                await send({"type": "http.response.body", "body": out, "more_body": True})
+                await _write(response, out)
         last = splitter.rest()
-        tail = handler.on_event(last) if last is not None else b""
-        await send({"type": "http.response.body", "body": tail + handler.end(), "more_body": False})
-
-    async def watch(scope: anyio.CancelScope) -> None:
-        nonlocal disconnected
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                disconnected = True
-                scope.cancel()
-                return
-
-    broken: Exception | None = None
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(watch, group.cancel_scope)
-            try:
-                await pump()
-            except OSError:  # uvicorn: the caller's socket is gone (ClientDisconnected)
-                disconnected = True
-            except (httpx.TransportError, httpx.StreamError) as error:
-                broken = error
-            group.cancel_scope.cancel()
-        if broken is not None:
-            _fail_broken_stream(handler, broken)
-            # End the caller's stream too (it stops short; a client sees an incomplete answer).
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        tail = (handler.on_event(last) if last is not None else b"") + handler.end()
+        finished = True
+        with contextlib.suppress(ConnectionResetError):  # the span is ended: a caller gone now changes nothing
+            await response.write_eof(tail)
+    except _CallerGoneError:
+        handler.cancel()
+    except asyncio.CancelledError:  # the caller went away while the gateway waited: aiohttp cancels its handler
+        handler.cancel()
+        raise
+    except UPSTREAM_ERRORS as error:
+        _fail_broken_stream(handler, error)
+        # End the caller's stream too (it stops short; a client sees an incomplete answer).
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
     finally:
-        with anyio.CancelScope(shield=True):
-            if disconnected:
-                handler.cancel()
-            await upstream.aclose()
+        if finished:
+            upstream.release()  # read to the end: the connection goes back to the pool
+        else:
+            upstream.close()  # mid-stream: the model server sees the connection close and stops
+    return response
 
 
 def _fail_broken_stream(handler: Any, error: Exception) -> None:

@@ -1,9 +1,11 @@
-"""`Gateway`: the application served by uvicorn, in a background thread (Python API) or in the
-foreground (`otel-lightning gateway`)."""
+"""`Gateway`: the handler served by aiohttp on an event loop of its own, in a background thread (Python
+API) or in the foreground (`otel-lightning gateway`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import socket
 import threading
 import time
@@ -11,7 +13,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-import uvicorn
+from aiohttp import web
 from opentelemetry import trace
 
 from otel_lightning.listen import check_listen
@@ -27,8 +29,8 @@ _SCOPE = "otel_lightning_gateway"
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    # proto=IPPROTO_TCP: asyncio turns Nagle's algorithm off only on sockets that say they are TCP
-    # (left on, a response's headers and body written apart wait ~40 ms for the caller's delayed ACK).
+    # proto=IPPROTO_TCP: asyncio turns Nagle's algorithm off only on sockets that say they are TCP (aiohttp
+    # does too); left on, an answer written in two pieces waits ~40 ms for the caller's delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host.strip("[]"), port))
@@ -82,52 +84,76 @@ class Gateway:
         )
         self.app = GatewayApp(self.config, self.routes, tracer)
         self._socket: socket.socket | None = None
-        self._server: uvicorn.Server | None = None
+        self._port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
 
     # --- serving ----------------------------------------------------------------------------------
 
-    def _prepare(self) -> uvicorn.Server:
+    async def _serve(self, ready: threading.Event | None = None, on_signals: bool = False) -> None:
+        """Serve on the bound socket until `_stopping` is set (by `stop`, or SIGINT/SIGTERM when
+        `on_signals`); then close connections (streams still in flight get up to 5 s) and the upstream pool."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        if on_signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(signum, self._stopping.set)
+        await self.app.open()
+        # handler_cancellation: a caller that goes away cancels its call at once (span: cancelled; the
+        # upstream request is closed, so the model server stops generating).
+        server = web.Server(self.app, handler_cancellation=True, access_log=None, keepalive_timeout=30)
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
+        try:
+            await runner.setup()
+            await web.SockSite(runner, self._socket).start()
+            if ready is not None:
+                ready.set()
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()
+            await self.app.close()
+
+    def _bind(self) -> None:
         self._socket = _bind(self.host, self._requested_port)
-        config = uvicorn.Config(
-            self.app,
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-            # Long generations stream for minutes; an idle keep-alive connection from an agent is cheap.
-            timeout_keep_alive=30,
-            # stop() does not wait for ever on a stream still in flight.
-            timeout_graceful_shutdown=5,
-        )
-        self._server = uvicorn.Server(config)
-        return self._server
+        self._port = self._socket.getsockname()[1]
 
     def start(self, timeout_s: float = 10.0) -> Gateway:
         """Serve in a background thread; returns once the gateway accepts connections."""
-        server = self._prepare()
+        self._bind()
+        ready = threading.Event()
         self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [self._socket]}, name="otel-lightning-gateway", daemon=True
+            target=asyncio.run, args=(self._serve(ready),), name="otel-lightning-gateway", daemon=True
         )
         self._thread.start()
         deadline = time.monotonic() + timeout_s
-        while not server.started:
+        while not ready.wait(0.01):
             if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"the gateway did not start on {self.host}:{self.port} (see the log above)")
-            time.sleep(0.005)
         logger.info("gateway on %s -> %s", self.base_url, self.config.upstream)
         return self
 
     def serve_forever(self) -> None:
-        """Serve in this thread until interrupted (the CLI)."""
-        server = self._prepare()
-        server.run(sockets=[self._socket])
+        """Serve in this (the main) thread until SIGINT or SIGTERM (the CLI)."""
+        self._bind()
+        try:
+            asyncio.run(self._serve(on_signals=True))
+        finally:
+            self._close_socket()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
+        if self._loop is not None and self._stopping is not None and self._thread is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            except RuntimeError:  # the loop has already ended
+                pass
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        self._close_socket()
+
+    def _close_socket(self) -> None:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
@@ -142,7 +168,7 @@ class Gateway:
 
     @property
     def port(self) -> int:
-        return self._socket.getsockname()[1] if self._socket is not None else self._requested_port
+        return self._port
 
     @property
     def address(self) -> str:

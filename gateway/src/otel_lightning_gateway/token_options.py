@@ -46,20 +46,25 @@ def ask_for_tokens(api: str, body: dict[str, Any]) -> Asked:
     return asked
 
 
-def strip(answer: dict[str, Any], asked: Asked) -> dict[str, Any] | None:
+def strip(answer: dict[str, Any], asked: Asked) -> tuple[dict[str, Any] | None, bool]:
     """`answer` (a response or one streamed chunk of chat/completions) without what only the gateway
-    asked for, changed in place; None when the whole chunk goes (the usage chunk nobody asked for)."""
+    asked for, changed in place, and whether anything changed (if not, the upstream's bytes can go out
+    as they came); None when the whole chunk goes (the usage chunk nobody asked for)."""
     choices = answer.get("choices")
     if not asked.usage and not choices and answer.get("usage") is not None:
-        return None
+        return None, True
+    changed = False
     # Set to null, not removed: vLLM names these fields (null) in answers that did not ask for them.
     if not asked.token_ids and answer.get("prompt_token_ids") is not None:
         answer["prompt_token_ids"] = None
+        changed = True
     for choice in choices or ():
         if not asked.token_ids:
             for key in ("token_ids", "prompt_token_ids"):  # completions carry the prompt's per choice
                 if choice.get(key) is not None:
                     choice[key] = None
+                    changed = True
         if not asked.logprobs and choice.get("logprobs") is not None:
             choice["logprobs"] = None
-    return answer
+            changed = True
+    return answer, changed

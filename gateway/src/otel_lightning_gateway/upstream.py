@@ -1,13 +1,15 @@
-"""The connection to the model server: one pooled async HTTP client, URLs and the headers that cross."""
+"""The connection to the model server: one aiohttp session (a keep-alive pool), URLs and the headers that cross."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Iterable, Mapping
 
-import httpx
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and those the gateway sets itself.
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the gateway or aiohttp set themselves.
 _NOT_FORWARDED = frozenset(
     {
         "connection",
@@ -22,9 +24,18 @@ _NOT_FORWARDED = frozenset(
         "content-length",
     }
 )
-# On model calls the gateway reads the body, so it asks for it uncompressed and sets the trace headers.
-_NOT_FORWARDED_ON_MODEL_CALLS = _NOT_FORWARDED | {"accept-encoding", "traceparent", "tracestate"}
+# On model calls the gateway reads and rewrites the body (JSON, uncompressed) and sets the trace headers.
+_NOT_FORWARDED_ON_MODEL_CALLS = _NOT_FORWARDED | {
+    "accept-encoding",
+    "content-type",
+    "content-encoding",
+    "traceparent",
+    "tracestate",
+}
 _NOT_RETURNED = frozenset({*_NOT_FORWARDED, "content-encoding", "date", "server"})
+
+# What a failed upstream call raises: refused or broken connections, timeouts, a bad URL.
+UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
 
 
 def split_base(base_url: str) -> tuple[str, str]:
@@ -36,35 +47,39 @@ def split_base(base_url: str) -> tuple[str, str]:
     return base, ""
 
 
-def upstream_url(base_url: str, path: str, query: bytes) -> str:
+def upstream_url(base_url: str, raw_path: str, query: str) -> URL:
+    """The upstream's URL for a request's path and query, both as the caller sent them (still %-encoded)."""
     root, v1 = split_base(base_url)
-    if path == "/v1" or path.startswith("/v1/"):
-        url = root + v1 + path[3:] if v1 else root + path
+    if raw_path == "/v1" or raw_path.startswith("/v1/"):
+        url = root + v1 + raw_path[3:] if v1 else root + raw_path
     else:
-        url = root + path
-    return f"{url}?{query.decode('latin-1')}" if query else url
+        url = root + raw_path
+    return URL(f"{url}?{query}" if query else url, encoded=True)
 
 
-def forwarded_headers(headers: Iterable[tuple[bytes, bytes]], model_call: bool) -> list[tuple[bytes, bytes]]:
+def forwarded_headers(headers: Mapping[str, str], model_call: bool) -> CIMultiDict[str]:
     dropped = _NOT_FORWARDED_ON_MODEL_CALLS if model_call else _NOT_FORWARDED
-    return [(name, value) for name, value in headers if name.lower().decode("latin-1") not in dropped]
+    return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in dropped)
 
 
-def returned_headers(response: httpx.Response, keep_encoding: bool = False) -> list[tuple[bytes, bytes]]:
+def returned_headers(headers: Iterable[tuple[str, str]], keep_encoding: bool = False) -> CIMultiDict[str]:
     dropped = _NOT_FORWARDED if keep_encoding else _NOT_RETURNED
-    return [(name, value) for name, value in response.headers.raw if name.lower().decode("latin-1") not in dropped]
+    return CIMultiDict((name, value) for name, value in headers if name.lower() not in dropped)
 
 
-def new_client(connect_timeout_s: float, read_timeout_s: float | None) -> httpx.AsyncClient:
-    """One client for every call: its pool keeps connections to the model server open between calls."""
-    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=30.0)
-    # Request headers and body go out in two writes: with Nagle's algorithm on, the body waits for the
-    # server's delayed ACK of the headers (~40 ms a call).
-    transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-    return httpx.AsyncClient(
-        transport=transport,
-        timeout=httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=60.0, pool=60.0),
-        # Never route the model server through an HTTP(S)_PROXY meant for the internet.
+def new_session(connect_timeout_s: float, read_timeout_s: float | None) -> aiohttp.ClientSession:
+    """One session for every call: its pool keeps connections to the model server open between calls.
+
+    Made inside the serving loop (the pool belongs to it). No cookie jar (a proxy must not carry one
+    caller's cookies to another), no environment proxies, bodies passed on as the server encoded them."""
+    connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30.0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
-        follow_redirects=False,
+        auto_decompress=False,
+        # Only the caller's own headers (aiohttp would add its user agent and gzip to every request).
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
     )
