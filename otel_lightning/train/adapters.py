@@ -110,12 +110,19 @@ def load_adapter(policy: TorchPolicy, agent: str, folder: str | Path) -> str:
     from peft import PeftModel
 
     folder = Path(folder)
-    weights = folder / "adapter_model.safetensors"
-    for needed in (folder / "adapter_config.json", weights):
+    config, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    for needed in (config, weights):
         if not needed.is_file():
             raise FileNotFoundError(
                 f"adapter for agent {agent!r}: {needed} does not exist (give a folder peft's save_pretrained wrote)"
             )
+    try:  # checked first, so that a damaged config is not reported as the weights file's fault below
+        if not isinstance(json.loads(config.read_text()), dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"cannot load the adapter for agent {agent!r}: {config} is not a LoRA config ({error})"
+        ) from error
     key = policy.adapters.get(agent) or adapter_key(agent, set(policy.adapters.values()))
     try:
         with policy.lock:

@@ -21,7 +21,7 @@ from otel_lightning.train.adapters import (
     add_adapter,
     set_adapter_weights,
 )
-from otel_lightning.train.grpo import clipped_policy_loss, grpo_outcome_advantage, sequence_with_mask
+from otel_lightning.train.grpo import clipped_policy_loss, grpo_outcome_advantage, kl_penalty, sequence_with_mask
 from otel_lightning.train.policy import TorchPolicy
 from otel_lightning.train.retokenize import RetokenizeError, retokenize
 from otel_lightning.train.sft import pad_batch, token_logprobs
@@ -64,6 +64,10 @@ class TrainerConfig:
     # Steps whose spans carried no token ids (Transition.token_ids_absent) are left out and counted unless
     # this is on: then they are re-encoded from their messages with the policy's tokenizer (see retokenize.py).
     retokenize: bool = False
+    # With a policy per agent: weight of a KL penalty (k3) from each adapter to the frozen base model it sits on.
+    # It keeps skills the warm start gave (copying an expression) from drifting while an agent's reward is
+    # mostly another agent's noise (two_agents.py); 0 leaves it out.
+    kl_to_base: float = 0.0
 
     def action_for(self, status: str) -> str:
         """What to do with a rollout of this status (unknown statuses are dropped)."""
@@ -302,7 +306,7 @@ class GRPOTrainer:
         if self.policy_per_agent:
             for agent, stat in updates.items():
                 stats.setdefault("agents", {}).setdefault(agent, {}).update(
-                    {"loss": stat["loss"], "approx_kl": stat["approx_kl"], "clip_fraction": stat["clip_fraction"]}
+                    {key: stat[key] for key in ("loss", "approx_kl", "clip_fraction", "kl_to_base") if key in stat}
                 )
         return {**stats, "update_s": time.perf_counter() - started, "policy_version": self.policy.version}
 
@@ -347,6 +351,12 @@ class GRPOTrainer:
         loss, loss_stats = clipped_policy_loss(
             logprobs, old_logprobs, torch.tensor(batch.advantages), loss_mask, self.config.clip_ratio
         )
+        if self.policy_per_agent and self.config.kl_to_base:
+            with torch.no_grad(), model.disable_adapter():  # the frozen base: the reference, at no extra memory
+                base_logprobs = token_logprobs(model, ids, attention)
+            kl = kl_penalty(logprobs, base_logprobs, loss_mask)
+            loss = loss + self.config.kl_to_base * kl
+            loss_stats["kl_to_base"] = float(kl.detach())
         optimizer.zero_grad()
         loss.backward()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]

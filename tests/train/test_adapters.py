@@ -157,3 +157,64 @@ def test_damaged_checkpoint_or_adapter_files_are_errors_that_name_the_file(polic
 
     with pytest.raises(ValueError, match=f"cannot load the adapter for agent 'math' from {weights}"):
         load_adapters(build_policy("tiny", hidden=32, layers=1, seed=1), tmp_path / "adapters")
+
+
+def test_a_damaged_lora_config_or_adapter_index_is_an_error_naming_that_file(policy, tmp_path):
+    add_adapter(policy, "math")
+    save_adapters(policy, tmp_path / "adapters")
+    from otel_lightning.train.policies import build_policy
+
+    config = next((tmp_path / "adapters").rglob("adapter_config.json"))
+    config.write_text("{ not json")
+    with pytest.raises(ValueError, match=f"agent 'math': {config} is not a LoRA config"):
+        load_adapters(build_policy("tiny", hidden=32, layers=1, seed=1), tmp_path / "adapters")
+    index = tmp_path / "adapters" / "agents.json"
+    index.write_text("[]")
+    with pytest.raises(ValueError, match=f"{index} is not an adapter index"):
+        load_adapters(build_policy("tiny", hidden=32, layers=1, seed=1), tmp_path / "adapters")
+
+
+def fixed_groups(policy) -> dict[str, list[RolloutRecord]]:
+    """Groups whose transitions carry no sampling logprobs: every update is at ratio 1 (nothing clipped),
+    so repeating them pushes an adapter the same way each step."""
+    groups = {**group(policy, "math", "k1"), **group(policy, "math", "k2")}
+    for members in groups.values():
+        for record in members:
+            for transition in record.transitions:
+                del transition.response_logprobs[:]
+    return groups
+
+
+def drift_from_base(policy, groups) -> float:
+    """Mean |log p_adapter - log p_base| over the groups' response tokens."""
+    from otel_lightning.train.sft import pad_batch, token_logprobs
+
+    sequences, masks = [], []
+    for record in (r for members in groups.values() for r in members):
+        for t in record.transitions:
+            sequences.append(list(t.prompt_token_ids) + list(t.response_token_ids))
+            masks.append([0] * len(t.prompt_token_ids) + [1] * len(t.response_token_ids))
+    ids, attention = pad_batch(sequences, policy.tokenizer.pad_id)
+    mask = pad_batch(masks, 0)[0][:, 1:].float()
+    policy.model.set_adapter(policy.adapters["math"])
+    with torch.no_grad():
+        adapted = token_logprobs(policy.model, ids, attention)
+        with policy.model.disable_adapter():
+            base = token_logprobs(policy.model, ids, attention)
+    return float(((adapted - base).abs() * mask).sum() / mask.sum())
+
+
+def test_the_kl_penalty_to_the_base_holds_an_adapter_near_the_base_model(policy):
+    from otel_lightning.train.policies import build_policy
+
+    drift = {}
+    for kl_to_base in (0.0, 5.0):
+        fresh = build_policy("tiny", hidden=32, layers=1, seed=1)
+        groups = fixed_groups(fresh)
+        trainer = GRPOTrainer(fresh, TrainerConfig(lr=1e-2, kl_to_base=kl_to_base), policy_per_agent=True)
+        for _ in range(12):
+            stats = trainer.step(groups)
+        assert ("kl_to_base" in stats["agents"]["math"]) == bool(kl_to_base)  # computed only when asked for
+        drift[kl_to_base] = drift_from_base(fresh, groups)
+    assert drift[0.0] > 0.0
+    assert drift[5.0] < 0.5 * drift[0.0], drift
