@@ -8,6 +8,7 @@ and `policy_version` in every response so each transition records which weights 
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
 import threading
 import time
@@ -211,7 +212,13 @@ def create_app(
     *,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> FastAPI:
-    app = FastAPI(title="otel-lightning policy server")
+    # FastAPI's own telemetry (on by default in the pinned 0.165) traces each request into the caller's trace:
+    # its server span ends after the response is sent, so after a quick agent's rollout span, and the collector
+    # counted it late ("span(s) arrived after their rollout was completed"). Its four spans per call carry
+    # nothing a trainer uses and cost the collector work; the agent's side records the call.
+    quiet = {"tracing": False, "metrics": False, "logs": False}
+    telemetry = {"telemetry": quiet} if "telemetry" in inspect.signature(FastAPI).parameters else {}
+    app = FastAPI(title="otel-lightning policy server", **telemetry)
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
 
     if api_key:
