@@ -23,6 +23,12 @@ def _assistant_ids(tokenizer: ChatTokenizer, action: dict[str, Any], default_too
     encode_message = getattr(tokenizer, "encode_message", None)
     if encode_message is not None:  # the byte tokenizer: its assistant message starts with the marker
         return encode_message({**action, "role": "assistant"}, default_tool)[1:]
+    render = getattr(tokenizer, "_chat_messages", None)
+    if render is not None:
+        # A chat-template tokenizer (HFChatTokenizer): the turn's text as its prompts render it (tool calls
+        # as <tool_call>{"name", "arguments": {...}}</tool_call>), so this response and the next prompt agree.
+        (message,) = render([{**action, "role": "assistant"}], None)
+        return [*tokenizer.encode_text(message["content"]), tokenizer.eos_id]
     content = action.get("content") or ""
     if isinstance(content, list):
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))

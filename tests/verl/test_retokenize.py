@@ -163,3 +163,18 @@ def test_merged_outputs_list_which_steps_were_retokenised(smollm2_tokenizer):
     assert [piece.retokenized_steps for piece in merged] == [[], [1]]
     with pytest.raises(MissingTokenIdsError, match="retokenize: true"):
         trajectories(calls, PER_CALL)
+
+
+def test_a_tool_call_is_re_encoded_as_the_chat_template_renders_it_in_the_next_prompt(smollm2_tokenizer):
+    from otel_lightning.train.retokenize import retokenize
+
+    chat = HFChatTokenizer(smollm2_tokenizer)
+    messages = [{"role": "user", "content": "What is 2+3?"}]
+    call = {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "2+3"}'}}
+    action = {"role": "assistant", "content": "", "tool_calls": [call]}
+    prompt, response = retokenize(chat, json.dumps({"messages": messages}), json.dumps(action))
+    text = smollm2_tokenizer.decode(response)
+    assert text == '<tool_call>{"name": "calculator", "arguments": {"expression": "2+3"}}</tool_call><|im_end|>'
+    # The next call's prompt holds exactly these tokens after this one's prompt.
+    following = chat.encode_prompt([*messages, action, {"role": "tool", "content": "5", "tool_call_id": "c1"}])
+    assert following[: len(prompt) + len(response)] == prompt + response
