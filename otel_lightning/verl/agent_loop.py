@@ -25,11 +25,12 @@ Options (keys beside `_target_`):
     failed_rollouts: "raise" (default; verl drops the sample's group) or "penalty" (train on the
         failed rollout with reward `failure_penalty`).
     timeout_s: how long to wait for a rollout (default 600).
-    retokenize: false (default) or true. A step whose spans carried no token ids (`token_ids: absent`:
-        the agent's instrumentation records none and no model gateway saw the call) fails its rollout
-        with an error naming the fixes; with true, its ids are re-encoded from its messages with the
-        policy's tokenizer (verl's, through its chat template), without logprobs, and counted: the
-        output's `lightning_retokenized_steps`, its metrics' `retokenized_steps`, and the log.
+    retokenize: false (default) or true (the example config reads LIGHTNING_RETOKENIZE). A step whose
+        spans carried no token ids (`token_ids: absent`: the agent's instrumentation records none and no
+        model gateway saw the call) fails its rollout with an error naming the fixes; with true, its ids
+        are re-encoded from its messages with the policy's tokenizer (verl's, through its chat template),
+        without logprobs, and counted: the output's `lightning_retokenized_steps`, its metrics'
+        `retokenized_steps`, and the log.
 A rollout without a reward span gets reward_score None, so verl's configured reward function scores it.
 """
 
@@ -77,6 +78,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _flag(name: str, value: bool | str) -> bool:
+    """A boolean option from YAML, or from `${oc.env:...}` (a string there)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "1", "yes", "on", "false", "0", "no", "off", ""):
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    return text in ("true", "1", "yes", "on")
+
+
 class LightningAgentLoop(AgentLoopBase):
     def __init__(
         self,
@@ -88,7 +99,7 @@ class LightningAgentLoop(AgentLoopBase):
         failed_rollouts: str = "raise",
         failure_penalty: float = 0.0,
         timeout_s: float = 600.0,
-        retokenize: bool = False,
+        retokenize: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -103,7 +114,7 @@ class LightningAgentLoop(AgentLoopBase):
         self.failed_rollouts = failed_rollouts
         self.failure_penalty = failure_penalty
         self.timeout_s = timeout_s
-        self.retokenize = bool(retokenize)
+        self.retokenize = _flag("retokenize", retokenize)
         self._chat_tokenizer: HFChatTokenizer | None = None
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput | list[AgentLoopOutput]:

@@ -97,9 +97,10 @@ def _run(loop, row: dict):
 
 
 def test_steps_without_token_ids_fail_the_rollout_naming_the_fix_unless_retokenize_is_on(
-    worker_without_token_ids, collector, openai_stub, smollm2_tokenizer, caplog
+    worker_without_token_ids, collector, openai_stub, smollm2_tokenizer, caplog, monkeypatch
 ):
     caplog.set_level(logging.INFO, logger="otel_lightning.verl.agent_loop")
+    monkeypatch.delenv("LIGHTNING_RETOKENIZE", raising=False)
     question = "What is 12*7?"
     row = {"uid": "u1", "extra_info": {"question": question}}
 
@@ -108,7 +109,9 @@ def test_steps_without_token_ids_fail_the_rollout_naming_the_fix_unless_retokeni
     assert "retokenize: true" in str(refused) and "gateway" in str(refused)
     assert "such rollouts in this process" in caplog.text
 
-    outputs = _run(_loop(collector.address, openai_stub.base_url, smollm2_tokenizer, retokenize=True), row)
+    # The example config's `retokenize: ${oc.env:LIGHTNING_RETOKENIZE,false}`.
+    monkeypatch.setenv("LIGHTNING_RETOKENIZE", "true")
+    outputs = _run(_loop(collector.address, openai_stub.base_url, smollm2_tokenizer), row)
     assert not isinstance(outputs, BaseException), outputs
     first, second = outputs  # one AgentLoopOutput per LLM call, both re-encoded
     chat = HFChatTokenizer(smollm2_tokenizer)
