@@ -48,7 +48,11 @@ from otel_lightning_collector import CollectorConfig, CollectorServer
 from otel_lightning_instrumentation_openai import OpenAIInstrumentor
 
 GRPO_LR = 1e-3
-LORA_LR = 5e-3  # adapters start at zero and hold few weights: they move with a larger step
+# Adapters (--policy-per-agent): at 5e-3 the triage adapter drifted into one fixed hand-off ("22+4" whatever
+# the question) by step 24 and the reward fell to 0; a smaller step and a KL pull to the base it sits on
+# (which copies the question) keep it (examples/calc_agent/README.md, "A policy per agent").
+LORA_LR = 2e-3
+KL_TO_BASE = 0.1
 WARM_START_LR = 3e-3
 
 # App name -> (the agent, its warm-start demonstrations).
@@ -85,7 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument(
-        "--lr", type=float, default=None, help="default: 1e-3 for tiny (5e-3 with --policy-per-agent), 1e-6 for smollm2"
+        "--lr", type=float, default=None, help="default: 1e-3 for tiny (2e-3 with --policy-per-agent), 1e-6 for smollm2"
+    )
+    parser.add_argument(
+        "--kl-to-base",
+        type=float,
+        default=KL_TO_BASE,
+        help="with --policy-per-agent: weight of the KL penalty from each adapter to the shared base (0: none)",
     )
     parser.add_argument("--workers", type=int, default=8, help="concurrent rollouts")
     parser.add_argument("--torch-threads", type=int, default=0, help="default: 1 for tiny, every core otherwise")
@@ -259,7 +269,11 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ.setdefault("CALC_AGENT_MAX_TOKENS", "64")
     loggers = parse_loggers(args.logger)  # a misspelt logger fails here, not after the warm start
     run_app, app_demonstrations = APPS[args.app]
-    config = TrainerConfig(lr=args.lr or default_lr(args), retokenize=args.retokenize)
+    config = TrainerConfig(
+        lr=args.lr or default_lr(args),
+        retokenize=args.retokenize,
+        kl_to_base=args.kl_to_base if args.policy_per_agent else 0.0,
+    )
     trainer = GRPOTrainer(policy, config, policy_per_agent=args.policy_per_agent)
     if args.resume:
         trainer.load(args.resume)
