@@ -87,6 +87,7 @@ def test_phoenix_client_annotations_become_rewards_before_and_after_completion(
     server, route_spans, openai_stub, monkeypatch
 ):
     base_url = f"http://{server.http.address}"
+    server.extras.annotations.wait_for_span_s = 0.5  # an unknown span's annotation (no sync) gives up soon
     # A completed rollout from the real SDK and OpenAI instrumentor, over OTLP.
     monkeypatch.setenv("OPENAI_BASE_URL", openai_stub.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
@@ -116,7 +117,7 @@ def test_phoenix_client_annotations_become_rewards_before_and_after_completion(
                 {"span_id": open_llm.span_id.hex(), "name": "tone", "annotator_kind": "LLM",
                  "result": {"label": "polite"}},
             ]}],
-            # Phoenix's answers for a span it does not hold: 404 with sync, accepted (and counted) without.
+            # A span it does not hold: 404 with sync, as Phoenix; without, accepted, waits, then counted.
             ["add_span_annotation", {"span_id": unknown_span, "annotation_name": "x", "score": 1.0, "sync": True}],
             ["add_span_annotation", {"span_id": unknown_span, "annotation_name": "x", "score": 1.0}],
         ],
@@ -143,10 +144,11 @@ def test_phoenix_client_annotations_become_rewards_before_and_after_completion(
     assert step.span_id == open_llm.span_id.hex() and step.reward == pytest.approx(0.25)
 
     # What gave no reward is counted and shown by `otel-lightning status` (live view and --json).
+    assert wait_until(lambda: fetch(server.address).counters["annotations.unknown_span"] == 2, 10)
     counters = fetch(server.address).counters
     assert counters["annotations.recorded"] == 2
     assert counters["annotations.without_score"] == 1
-    assert counters["annotations.unknown_span"] == 2
+    assert counters["annotations.unknown_span"] == 2 and counters["annotations.waiting"] == 0
     shown = subprocess.run(
         [sys.executable, "-m", "otel_lightning.cli", "status", "--collector", server.address, "--json"],
         capture_output=True,
@@ -155,6 +157,24 @@ def test_phoenix_client_annotations_become_rewards_before_and_after_completion(
     )
     assert shown.returncode == 0, shown.stderr
     assert int(json.loads(shown.stdout)["counters"]["annotations.unknown_span"]) == 2
+
+
+def test_an_annotation_that_beats_its_span_waits_for_it(server):
+    spans = SpanFactory(rollout_id="r-slow", task_id="slow-task")
+    llm = spans.llm("2+2?", "4")
+    annotation = {"span_id": llm.span_id.hex(), "annotation_name": "thumbs", "score": 1.0}
+    assert phoenix_client(f"http://{server.http.address}", [["add_span_annotation", annotation]]) == [{"result": None}]
+    assert fetch(server.address).counters["annotations.waiting"] == 1
+    exporter(server.address)(export_request(llm, spans.root()))  # the exporter's batch, later
+    assert wait_until(lambda: fetch(server.address).counters["annotations.recorded"] == 1, 10)
+    (completed,) = rollouts(wait_for_rollouts(server.address, 1))
+    [update] = _reward_updates(server.address) or [None]
+    # Whichever came first, the reward is counted once: in the completion, or as a RewardUpdate after it.
+    if update is None:
+        assert completed.has_reward and completed.total_reward == pytest.approx(1.0)
+    else:
+        assert (update.rollout_id, update.name, update.value) == ("r-slow", "thumbs", 1.0)
+    assert fetch(server.address).counters["annotations.waiting"] == 0
 
 
 def test_bad_bodies_get_phoenixs_4xx_and_record_nothing(server):

@@ -14,12 +14,15 @@ client at it (`Client(base_url="http://127.0.0.1:4318").spans.add_span_annotatio
 Each annotation's `result.score` becomes a reward named by its `name`, for the step of the span it
 rates (feedback.py: taken by the rollout's completion, or a RewardUpdate once the rollout is complete).
 The span is found by its id among the spans stored here (after the spans acknowledged so far are
-indexed). Not a reward, counted, logged (at most once a minute per reason) and shown by
+indexed). As in Phoenix, with `sync=true` an unknown span fails the whole request with 404 and records
+nothing. Without it, an annotation whose span is not here yet (a thumbs-up can beat the exporter's
+batch) waits for it, in memory, up to `wait_for_span_s` (60 s), looked for again every second, as
+Phoenix's own queue does. Not a reward, counted, logged (at most once a minute per reason) and shown by
 `otel-lightning status`: an annotation with no score (a label or an explanation only: Phoenix keeps
-it, there is no number to train on) and one for a span this collector does not hold (not received
-yet, not kept, or deleted by retention). As in Phoenix, with `sync=true` an unknown span fails the
-whole request with 404 and records nothing; without it the others are recorded. A body Phoenix
-would refuse gets 422 with the reason (400 for the reserved name `note`, as Phoenix answers).
+it, there is no number to train on), one whose span did not come in time (not kept: its trace is in no
+rollout and --episodes is off; deleted by retention; never exported), and those still waiting when
+the collector stops. A body Phoenix would refuse gets 422 with the reason (400 for the reserved name
+`note`, as Phoenix answers).
 """
 
 from __future__ import annotations
@@ -47,12 +50,16 @@ ANNOTATOR_KINDS = ("LLM", "CODE", "HUMAN")
 RESERVED_NAME = "note"  # Phoenix keeps it for span notes (POST /v1/span_notes)
 WITHOUT_SCORE = "an annotation with no result.score is not a reward (Phoenix keeps labels; there is no number)"
 UNKNOWN_SPAN = (
-    "an annotation for a span this collector does not hold (not received yet: annotate after the span is"
-    " exported; not kept: its trace is in no rollout and --episodes is off; or deleted by retention)"
+    "an annotation for a span this collector does not hold (not kept: its trace is in no rollout and"
+    " --episodes is off; deleted by retention; or not exported)"
 )
 _LOG_EVERY_S = 60.0
 # How long a request with unknown span ids waits for the spans already acknowledged to be indexed.
 _INDEX_WAIT_S = 2.0
+# Without sync: how long an annotation waits for its span, how often it is looked for, how many may wait.
+WAIT_FOR_SPAN_S = 60.0
+_RETRY_EVERY_S = 1.0
+MAX_WAITING = 10_000
 _TRUE, _FALSE = ("1", "true", "yes", "on", "t", "y"), ("0", "false", "no", "off", "f", "n")
 
 
@@ -68,6 +75,7 @@ class AnnotationCounters:
     recorded: int = 0  # rewards recorded
     without_score: int = 0
     unknown_span: int = 0
+    waiting: int = 0  # now: annotations waiting for their span (not a total)
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,7 @@ class SpanAnnotationService:
         recorder: FeedbackRecorder,
         wait_indexed: Callable[[float], bool] | None = None,
         log_every_s: float = _LOG_EVERY_S,
+        wait_for_span_s: float = WAIT_FOR_SPAN_S,
     ) -> None:
         self.store = store
         self.recorder = recorder
@@ -158,6 +167,23 @@ class SpanAnnotationService:
         self._unlogged: dict[str, int] = {}
         self._logged_at: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.wait_for_span_s = wait_for_span_s
+        self._waiting: list[tuple[float, SpanAnnotation]] = []  # (give-up time, annotation)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._retry_waiting, name="span-annotations", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        with self._lock:
+            left, self._waiting = len(self._waiting), []
+            self.counters.waiting = 0
+        if left:
+            self._note(UNKNOWN_SPAN, left, "still waiting for their span when the collector stopped")
 
     def http(self, body: bytes, query: str = "") -> tuple[HTTPStatus, bytes]:
         """(status, JSON answer) for one `POST /v1/span_annotations`, as Phoenix answers it."""
@@ -207,13 +233,23 @@ class SpanAnnotationService:
         return {span_id: trace_id for span_id, trace_id in rows}
 
     def _take(self, item: SpanAnnotation, trace_id: str | None) -> str:
-        """Record one annotation (or count why not); its id in Phoenix's form (a Relay global id)."""
-        if trace_id is None:
-            self._note(UNKNOWN_SPAN, 1)
-            return _global_id(f"unknown:{item.span_id}")
+        """Record one annotation (or count why not; or hold it until its span comes); its id in Phoenix's
+        form (a Relay global id)."""
         if item.score is None:
             self._note(WITHOUT_SCORE, 1)
             return _global_id(f"unscored:{item.span_id}")
+        if trace_id is None:
+            with self._lock:
+                held = len(self._waiting) < MAX_WAITING
+                if held:
+                    self._waiting.append((time.monotonic() + self.wait_for_span_s, item))
+                    self.counters.waiting = len(self._waiting)
+            if not held:
+                self._note(UNKNOWN_SPAN, 1, f"{MAX_WAITING} annotations wait for their spans already")
+            return _global_id(f"waiting:{item.span_id}")
+        return self._record(item, trace_id)
+
+    def _record(self, item: SpanAnnotation, trace_id: str) -> str:
         recorded = self.recorder.record(
             score=item.score, name=item.name, trace_id=trace_id, span_id=item.span_id, origin=ANNOTATION
         )
@@ -221,7 +257,40 @@ class SpanAnnotationService:
             self.counters.recorded += 1
         return _global_id(str(recorded.feedback_id))
 
-    def _note(self, reason: str, count: int) -> None:
+    def _retry_waiting(self) -> None:
+        """Look for the spans of waiting annotations every second; record those found, give up on the late."""
+        while not self._stopping.wait(_RETRY_EVERY_S):
+            with self._lock:
+                waiting, self._waiting = self._waiting, []
+            if not waiting:
+                continue
+            kept: list[tuple[float, SpanAnnotation]] = []
+            try:
+                traces = self._lookup({item.span_id for _, item in waiting})
+            except sqlite3.Error as error:
+                logger.warning("span annotations: looking for their spans failed (%s); trying again", error)
+                traces, kept = {}, waiting
+                waiting = []
+            now, late = time.monotonic(), 0
+            for give_up_at, item in waiting:
+                trace_id = traces.get(item.span_id)
+                try:
+                    if trace_id is not None:
+                        self._record(item, trace_id)
+                    elif now >= give_up_at:
+                        late += 1
+                    else:
+                        kept.append((give_up_at, item))
+                except sqlite3.Error as error:
+                    logger.warning("span annotation for %s not recorded yet (%s); trying again", item.span_id, error)
+                    kept.append((give_up_at, item))
+            with self._lock:
+                self._waiting[:0] = kept
+                self.counters.waiting = len(self._waiting)
+            if late:
+                self._note(UNKNOWN_SPAN, late, f"no such span came within {self.wait_for_span_s:g} s")
+
+    def _note(self, reason: str, count: int, detail: str = "") -> None:
         """Count annotations that give no reward; log the reason at most once a minute per reason."""
         with self._lock:
             if reason == UNKNOWN_SPAN:
@@ -234,7 +303,9 @@ class SpanAnnotationService:
                 return
             self._logged_at[reason] = now
             count = self._unlogged.pop(reason)
-        logger.warning("%d span annotation(s) not recorded as rewards: %s", count, reason)
+        logger.warning(
+            "%d span annotation(s) not recorded as rewards: %s%s", count, reason, f" ({detail})" if detail else ""
+        )
 
 
 def _global_id(local: str) -> str:

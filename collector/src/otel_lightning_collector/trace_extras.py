@@ -87,8 +87,10 @@ class TraceExtras:
     def start(self) -> None:
         for forwarder in self.forwarders.values():
             forwarder.start()
+        self.annotations.start()
 
     def stop(self) -> None:
+        self.annotations.stop()
         for forwarder in self.forwarders.values():
             forwarder.stop()
 
