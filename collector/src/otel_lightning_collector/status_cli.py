@@ -46,6 +46,7 @@ _SHOWN_COUNTERS = (
     "annotations.recorded",
     "annotations.without_score",
     "annotations.unknown_span",
+    "annotations.waiting",
 )
 
 
