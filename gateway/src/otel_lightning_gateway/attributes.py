@@ -82,6 +82,13 @@ def _int_list(value: Any) -> list[int] | None:
     return value if isinstance(value, list) and value and isinstance(value[0], int) else None
 
 
+def _floats(values: list[Any]) -> list[float]:
+    """The numbers among `values`, as floats (a token's logprob can come as the int 0)."""
+    if set(map(type, values)) == {float}:  # one C-level pass: the usual case
+        return values
+    return [float(value) for value in values if isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+
 def response_attributes(api: str, response: Mapping[str, Any], capture_content: bool) -> dict[str, Any]:
     """Attributes of a finished answer: a chat completion, a completion or a Responses object (streamed
     answers are accumulated into the same shape first)."""
@@ -108,14 +115,13 @@ def response_attributes(api: str, response: Mapping[str, Any], capture_content: 
         outputs = [chat_output_message(choice) for choice in choices]
         response_ids = _int_list(first.get("token_ids"))
         items = (first.get("logprobs") or {}).get("content") or []
-        logprobs = [float(item["logprob"]) for item in items if isinstance(item.get("logprob"), (int, float))]
+        logprobs = _floats([item.get("logprob") for item in items])
     elif api == COMPLETIONS:
         outputs = [
             {"role": "assistant", "content": c.get("text"), "finish_reason": c.get("finish_reason")} for c in choices
         ]
         response_ids = _int_list(first.get("token_ids"))
-        values = (first.get("logprobs") or {}).get("token_logprobs") or []
-        logprobs = [float(value) for value in values if isinstance(value, (int, float))]
+        logprobs = _floats((first.get("logprobs") or {}).get("token_logprobs") or [])
     else:
         outputs = [responses_output_message(response)]
         response_ids = _int_list(response.get("output_token_ids") or response.get("token_ids"))

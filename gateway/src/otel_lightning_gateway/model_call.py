@@ -21,7 +21,7 @@ from otel_lightning_gateway import attributes as attrs
 from otel_lightning_gateway import one_piece, responses_translation, upstream
 from otel_lightning_gateway import relay as relays
 from otel_lightning_gateway.config import GatewayConfig, GatewayStats
-from otel_lightning_gateway.recording import PROPAGATOR, CallSpan, identity_attributes, parent_context
+from otel_lightning_gateway.recording import TRACE_CONTEXT, CallSpan, identity_attributes, parent_context
 from otel_lightning_gateway.routes import RolloutRoute, RouteTable
 from otel_lightning_gateway.token_options import Asked, ask_for_tokens, strip
 
@@ -146,7 +146,8 @@ class ModelCalls:
         headers = upstream.forwarded_headers(request.headers, model_call=True)
         headers["Content-Type"] = JSON
         headers["Accept-Encoding"] = "identity"  # the gateway reads the answer
-        PROPAGATOR.inject(headers, context=trace.set_span_in_context(call.span, Context()))
+        # The call's span as the upstream's parent (the caller's baggage header, if any, went on as it was).
+        TRACE_CONTEXT.inject(headers, context=trace.set_span_in_context(call.span, Context()))
         streamed = bool(body.get("stream"))
         sent = body
         if streamed and not self.config.upstream_streams:  # asked in one piece, streamed to the caller from it
