@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -22,12 +23,16 @@ def _serve(args: argparse.Namespace) -> int:
         # A key in a file (or the environment) is not on the command line, which every local user sees.
         api_key = Path(args.api_key_file).read_text().strip()
     policy = build_policy(args.model, hidden=args.hidden, layers=args.layers)
-    if args.checkpoint:
-        load_policy(policy, args.checkpoint)  # with its agents' adapters, when it has them
-    if args.adapters:
-        from otel_lightning.train.adapters import load_adapters
+    try:  # a missing or damaged file: one line that names it, not a traceback
+        if args.checkpoint:
+            load_policy(policy, args.checkpoint)  # with its agents' adapters, when it has them
+        if args.adapters:
+            from otel_lightning.train.adapters import load_adapters
 
-        load_adapters(policy, args.adapters)
+            load_adapters(policy, args.adapters)
+    except (OSError, ValueError) as error:
+        print(f"otel-lightning policy-server: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
     with PolicyServer(
         policy,
         host=args.host,

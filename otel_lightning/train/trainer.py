@@ -166,7 +166,12 @@ def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
     except Exception as error:  # pickle, zip and tensor errors alike
-        raise ValueError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
+        # torch's own text for a damaged file suggests weights_only=False, which is unsafe and would not help: left out.
+        reason = "weights-only load failed" if "Weights only load failed" in str(error) else str(error)
+        raise ValueError(
+            f"checkpoint {path} cannot be read: damaged, or not a file GRPOTrainer.save wrote"
+            f" ({type(error).__name__}: {reason})"
+        ) from error
     if not isinstance(state, dict) or not {"model", "policy_version"} <= state.keys():
         raise ValueError(f"checkpoint {path} is not one GRPOTrainer.save wrote (no model weights / policy version)")
     return state

@@ -218,3 +218,25 @@ def test_the_kl_penalty_to_the_base_holds_an_adapter_near_the_base_model():
         drift[kl_to_base] = drift_from_base(fresh, groups)
     assert drift[0.0] > 0.0
     assert drift[20.0] < 0.5 * drift[0.0], drift  # measured: ~0.04 against ~0.42
+
+
+@pytest.mark.parametrize("damaged", ["checkpoint", "adapters"])
+def test_the_policy_server_command_names_a_damaged_file_and_stops(policy, tmp_path, damaged):
+    import subprocess
+    import sys
+
+    if damaged == "checkpoint":
+        bad = tmp_path / "checkpoint.pt"
+        bad.write_bytes(b"not a checkpoint")
+        option = ["--checkpoint", str(bad)]
+    else:
+        add_adapter(policy, "math")
+        save_adapters(policy, tmp_path / "adapters")
+        bad = next((tmp_path / "adapters").rglob("adapter_model.safetensors"))
+        bad.write_bytes(b"\x00garbage")
+        option = ["--adapters", str(tmp_path / "adapters")]
+    command = [sys.executable, "-m", "otel_lightning.cli", "policy-server", "--hidden", "32", "--layers", "1"]
+    result = subprocess.run([*command, *option, "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert str(bad) in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
