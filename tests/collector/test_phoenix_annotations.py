@@ -198,6 +198,10 @@ def test_bad_bodies_get_phoenixs_4xx_and_record_nothing(server):
     assert _post(url, json.dumps({"data": [{**good, "name": "note"}]}).encode())[0] == 400
     assert _post(url + "?sync=maybe", json.dumps({"data": [good]}).encode())[0] == 422
     assert _post(url, json.dumps({"data": []}).encode()) == (200, {"data": []})
+    # More span ids than SQLite takes parameters: still one answer (404 naming them with sync), no 5xx.
+    many = [{**good, "span_id": f"{index:016x}"} for index in range(40_000)]
+    status, answer = _post(url + "?sync=true", json.dumps({"data": many}).encode())
+    assert status == 404 and "0000000000000013 and 39980 more do not exist" in answer["detail"]
     counters = fetch(server.address).counters
     assert counters["annotations.requests_refused"] == 8 and counters["annotations.recorded"] == 0
 
