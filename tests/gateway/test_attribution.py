@@ -119,3 +119,12 @@ def test_baggage_names_the_rollout_when_the_url_does_not(gateway, gateway_export
         3,
         "Math",
     )
+
+
+def test_a_rollout_id_that_needs_quoting_in_its_url_is_read_back_whole(gateway, gateway_exporter):
+    gateway.register_rollout(RolloutRoute("task 1/attempt#2", task_id="t-q"))
+    assert "/rollout/task%201%2Fattempt%232/v1" in gateway.rollout_base_url("task 1/attempt#2")
+    assert _ask(gateway.rollout_base_url("task 1/attempt#2")) == "The answer is 42."
+    (span,) = llm_spans(gateway_exporter)
+    assert (span.attributes[semconv.ROLLOUT_ID], span.attributes[semconv.TASK_ID]) == ("task 1/attempt#2", "t-q")
+    assert gateway.stats["unknown_rollouts"] == 0

@@ -94,3 +94,40 @@ def test_a_failing_request_rewrite_is_a_500_that_names_it(gateway, gateway_expor
     (span,) = llm_spans(gateway_exporter)
     assert span.status.status_code == StatusCode.ERROR and span.attributes["error.type"] == "rewrite_error"
     assert len(vllm_stub.received) == received
+
+
+def test_a_caller_that_gives_up_on_a_plain_call_leaves_a_cancelled_span_and_the_upstream_closed(
+    gateway_provider, gateway_exporter
+):
+    # A model server that takes the request and never answers (a long generation, as the caller sees it).
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        upstream = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        with Gateway(upstream, tracer_provider=gateway_provider) as gateway:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(
+                    f"{gateway.base_url}/chat/completions",
+                    json={"model": "m", "messages": QUESTION},
+                    timeout=httpx.Timeout(5, read=0.5),
+                )
+            connection, _ = silent.accept()
+            with connection:
+                connection.settimeout(10)
+                while connection.recv(65536):  # the request, then end of stream: the gateway let it go
+                    pass
+            (span,) = llm_spans(gateway_exporter, timeout_s=10)
+            assert span.status.status_code == StatusCode.ERROR and span.attributes[semconv.LLM_CANCELLED] is True
+            assert gateway.stats["cancelled"] == 1
+
+
+def test_a_request_over_a_megabyte_is_proxied_whole(gateway, gateway_exporter, vllm_stub):
+    # aiohttp refuses bodies over 1 MiB unless told otherwise; a long conversation (or an image) is that big.
+    long_message = "x" * 1_100_000
+    answer = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": long_message}]},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text[:200]
+    assert vllm_stub.received[-1][1]["messages"][0]["content"] == long_message
+    (span,) = llm_spans(gateway_exporter, timeout_s=10)
+    assert len(span.attributes[semconv.PROMPT_TOKEN_IDS]) > 1_100_000
