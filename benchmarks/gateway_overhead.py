@@ -5,15 +5,18 @@ The upstream is the stub model server (vLLM-like: token ids only when asked) in 
 the gateway runs in another process, recording every call into the real OpenTelemetry SDK
 (BatchSpanProcessor) with an exporter that drops the spans, so the figures are the gateway's own cost
 (HTTP in and out, body handling, the span) and not a collector's. A third way, "bare proxy", is the
-same HTTP stack (uvicorn + one pooled httpx client) passing bytes through and recording nothing: what
-any Python proxy of this stack costs, against which the gateway's own work shows.
+gateway's own stack (aiohttp's server and one keep-alive aiohttp ClientSession) passing bytes through
+and recording nothing: the floor any proxy on this stack costs, against which the gateway's own work
+shows. `--old-stack` adds the stack the gateway had before (uvicorn + one pooled httpx client), bare.
+The callers are httpx clients, as openai-python is.
 
 Latency: one call at a time over a kept-alive connection, the ways alternating by round; "added" =
 p50 (p99) through minus p50 (p99) direct. CPU: the seconds the answering process spent per call (on
 a loaded machine wall-clock figures include waiting for a core; CPU figures do not). Throughput:
-`--concurrency` callers for `--seconds`, each way.
+`--concurrency` callers for `--seconds` per way, in `--rounds` bursts alternating between the ways.
 
-    python benchmarks/gateway_overhead.py [--calls 300] [--rounds 5] [--concurrency 8] [--seconds 5] [--json]
+    python benchmarks/gateway_overhead.py [--calls 300] [--rounds 5] [--concurrency 8] [--seconds 5]
+                                          [--old-stack] [--json]
 """
 
 from __future__ import annotations
@@ -184,26 +187,47 @@ def latencies(
     return found, {way: seconds / len(found[way]) for way, seconds in cpu.items()}
 
 
-async def throughput(base_url: str, stream: bool, concurrency: int, seconds: float) -> float:
+async def burst(client: httpx.AsyncClient, base_url: str, stream: bool, concurrency: int, seconds: float) -> int:
+    """Calls completed by `concurrency` callers in `seconds`."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            if stream:
+                async with client.stream("POST", f"{base_url}/chat/completions", json=body(True)) as response:
+                    async for _ in response.aiter_raw():
+                        pass
+            else:
+                (await client.post(f"{base_url}/chat/completions", json=body(False))).raise_for_status()
+            done += 1
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return done
+
+
+async def throughputs(
+    bases: dict[str, str], stream: bool, concurrency: int, seconds: float, rounds: int
+) -> dict[str, float]:
+    """Calls/s per way: `seconds` each, in `rounds` bursts alternating between the ways (as the latency
+    figures do), each way with its own kept-alive client."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        done = 0
-        deadline = time.perf_counter() + seconds
-
-        async def caller() -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                if stream:
-                    async with client.stream("POST", f"{base_url}/chat/completions", json=body(True)) as response:
-                        async for _ in response.aiter_raw():
-                            pass
-                else:
-                    (await client.post(f"{base_url}/chat/completions", json=body(False))).raise_for_status()
-                done += 1
-
-        began = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return done / (time.perf_counter() - began)
+    clients = {way: httpx.AsyncClient(timeout=30, limits=limits) for way in bases}
+    done = dict.fromkeys(bases, 0)
+    spent = dict.fromkeys(bases, 0.0)
+    try:
+        for way, base in bases.items():  # warm up: the connections
+            await burst(clients[way], base, stream, concurrency, 0.2)
+        for _ in range(rounds):
+            for way, base in bases.items():
+                began = time.perf_counter()
+                done[way] += await burst(clients[way], base, stream, concurrency, seconds / rounds)
+                spent[way] += time.perf_counter() - began
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return {way: done[way] / spent[way] for way in bases}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -253,6 +277,12 @@ def print_table(figures: dict[str, dict[str, dict[str, float]]]) -> None:
                 f" | {f['cpu_ms_per_call']:.2f} ms | {f['calls_per_s']:,} ({f['throughput_ratio']:.2f}) |"
             )
     print("CPU per call: of the process that answers (direct: the stub; otherwise the proxy alone).")
+    plain = figures["plain"]["gateway"]
+    for goal, value, met in (
+        ("plain p50 added < 1 ms", f"{plain['added_p50_ms']:.2f} ms", plain["added_p50_ms"] < 1.0),
+        ("plain calls/s >= 0.8 of direct", f"{plain['throughput_ratio']:.2f}", plain["throughput_ratio"] >= 0.8),
+    ):
+        print(f"goal {goal}: {value}, {'met' if met else 'NOT met'}")
 
 
 def main() -> None:
@@ -296,10 +326,7 @@ def main() -> None:
         figures: dict[str, dict[str, dict[str, float]]] = {}
         for mode, stream in (("plain", False), ("streamed", True)):
             found, cpu_per_call = latencies(bases, stream, args.calls, args.rounds, processes)
-            rates = {
-                way: asyncio.run(throughput(base, stream, args.concurrency, args.seconds))
-                for way, base in bases.items()
-            }
+            rates = asyncio.run(throughputs(bases, stream, args.concurrency, args.seconds, args.rounds))
             figures[mode] = figures_of(found, cpu_per_call, rates)
     finally:
         for child in children.values():
