@@ -4,6 +4,7 @@ and the caller gets the upstream's answer unchanged (minus only what the gateway
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import openai
@@ -154,3 +155,20 @@ def test_a_streamed_completion_reaches_the_caller_chunk_for_chunk(gateway, vllm_
     through_events, direct_events = sse_data(through), sse_data(direct)
     assert len(through_events) == len(direct_events) == 3  # two text chunks, [DONE]
     assert without_ids(through_events) == without_ids(direct_events)
+
+
+def test_a_caller_that_expects_100_continue_is_told_to_go_on(gateway):
+    # curl sends `Expect: 100-continue` with larger bodies and waits for the go-ahead before sending them.
+    body = json.dumps({"model": "m", "messages": QUESTION}).encode()
+    host, port = gateway.address.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"expect: 100-continue\r\ncontent-length: %d\r\n\r\n" % len(body)
+        )
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        answer = b""
+        while b"The answer is 42." not in answer:
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ")

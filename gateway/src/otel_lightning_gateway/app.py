@@ -60,6 +60,8 @@ class GatewayApp:
         rollout_id, path = split_rollout_path(raw_path)
         if rollout_id is not None:
             rollout_id = urllib.parse.unquote(rollout_id)
+        if "Expect" in request.headers:
+            await _continue(request)
         api = MODEL_ENDPOINTS.get(path.rstrip("/")) if request.method == "POST" else None
         if api is not None:
             return await self.model_calls.handle(request, api, rollout_id, path.rstrip("/"), query)
@@ -96,3 +98,10 @@ class GatewayApp:
             return response
         finally:
             answer.release()
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """`Expect: 100-continue` (curl sends it with larger bodies): say go on, or it waits a second first
+    (aiohttp's router would say it; the low-level server leaves it to the handler)."""
+    if request.version >= aiohttp.HttpVersion11 and request.headers["Expect"].lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -22,6 +22,7 @@ _NOT_FORWARDED = frozenset(
         "upgrade",
         "host",
         "content-length",
+        "expect",  # the gateway has the whole body by then
     }
 )
 # On model calls the gateway reads and rewrites the body (JSON, uncompressed) and sets the trace headers.
