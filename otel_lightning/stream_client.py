@@ -224,6 +224,7 @@ def event_to_dict(event: pb.StreamEvent) -> dict[str, Any]:
             "value": u.value,
             "trace_id": u.trace_id,
             "response_id": u.response_id,
+            "span_id": u.span_id,
             "origin": u.origin,
         }
     r = event.rollout

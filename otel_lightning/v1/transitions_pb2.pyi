@@ -85,7 +85,7 @@ class RolloutCompleted(_message.Message):
     def __init__(self, rollout_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., status: _Optional[str] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., total_reward: _Optional[float] = ..., transition_count: _Optional[int] = ..., span_count: _Optional[int] = ..., late_span_count: _Optional[int] = ..., has_reward: _Optional[bool] = ..., retried: _Optional[bool] = ..., error_span_id: _Optional[str] = ..., steps_without_token_ids: _Optional[int] = ..., token_ids_note: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class RewardUpdate(_message.Message):
-    __slots__ = ("rollout_id", "task_id", "attempt", "name", "value", "trace_id", "response_id", "origin")
+    __slots__ = ("rollout_id", "task_id", "attempt", "name", "value", "trace_id", "response_id", "origin", "span_id")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class RewardUpdate(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     task_id: str
     attempt: int
@@ -102,7 +103,8 @@ class RewardUpdate(_message.Message):
     trace_id: str
     response_id: str
     origin: str
-    def __init__(self, rollout_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., name: _Optional[str] = ..., value: _Optional[float] = ..., trace_id: _Optional[str] = ..., response_id: _Optional[str] = ..., origin: _Optional[str] = ...) -> None: ...
+    span_id: str
+    def __init__(self, rollout_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., name: _Optional[str] = ..., value: _Optional[float] = ..., trace_id: _Optional[str] = ..., response_id: _Optional[str] = ..., origin: _Optional[str] = ..., span_id: _Optional[str] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
     __slots__ = ("sequence", "transition", "rollout", "caught_up", "reward_update")

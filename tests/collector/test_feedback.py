@@ -75,8 +75,8 @@ def test_feedback_over_grpc_before_and_after_completion(server) -> None:
     late = stub.Record(fb.FeedbackRequest(rollout_id="r-late", score=-1.0, name="thumbs"), timeout=10)
     assert (late.rollout_id, late.rollout_completed) == ("r-late", True)
     updates = [e.reward_update for e in _events(server.address) if e.HasField("reward_update")]
-    assert [(u.rollout_id, u.task_id, u.name, u.value, u.origin) for u in updates] == [
-        ("r-late", "t1", "thumbs", -1.0, "feedback")
+    assert [(u.rollout_id, u.task_id, u.name, u.value, u.origin, u.span_id) for u in updates] == [
+        ("r-late", "t1", "thumbs", -1.0, "feedback", "")  # a reward of the whole rollout names no step
     ]
     with pytest.raises(grpc.RpcError) as unknown:
         stub.Record(fb.FeedbackRequest(rollout_id="nope", score=1.0), timeout=10)

@@ -129,12 +129,13 @@ def test_phoenix_client_annotations_become_rewards_before_and_after_completion(
     assert missing_async == {"result": None}
 
     [update] = _reward_updates(server.address)
-    assert (update.rollout_id, update.task_id, update.name, update.value, update.origin) == (
+    assert (update.rollout_id, update.task_id, update.name, update.value, update.origin, update.span_id) == (
         done_step.rollout_id,
         "done-task",
         "correctness",
         1.0,
         "annotation",
+        done_step.span_id,  # the step it rates, not only the rollout
     )
     exporter(server.address)(export_request(spans.root()))
     events = wait_for_rollouts(server.address, 2)

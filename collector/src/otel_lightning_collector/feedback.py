@@ -57,6 +57,7 @@ def _reward_update_event(db: sqlite3.Connection, item: store_traces.Feedback, ta
         trace_id=item.trace_id,
         response_id=item.response_id,
         origin=item.origin,
+        span_id=item.span_id,
     )
     db.execute(
         "INSERT INTO events (kind, rollout_id, body) VALUES (?, ?, ?)",
