@@ -59,7 +59,8 @@ lint: install
 test: lint
 	$(PY) -m pytest -q
 
-demo: install
+# The demo needs the Python parts only: not the Node example's packages nor the Phoenix venv (tests only).
+demo: $(STAMP)
 	$(PY) examples/calc_agent/train.py --out runs/calc_agent
 
 quickstart: install
