@@ -65,9 +65,11 @@ APPS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/calc_agent", help="where the plot, summary and checkpoint go")
-    parser.add_argument("--steps", type=int, default=int(os.environ.get("LIGHTNING_STEPS", "30")))
-    parser.add_argument("--tasks-per-step", type=int, default=8)
-    parser.add_argument("--group-size", type=int, default=8)
+    # 16 questions x 4 answers per step learned more per rollout than 8 x 8 (in-process copy of the loop, seed 1:
+    # held-out 0.24 -> 0.74 after 12 steps, 768 rollouts; 8 x 8: 0.61 after 15 steps, 960 rollouts).
+    parser.add_argument("--steps", type=int, default=int(os.environ.get("LIGHTNING_STEPS", "12")))
+    parser.add_argument("--tasks-per-step", type=int, default=16)
+    parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--heldout", type=int, default=100, help="held-out tasks (unseen questions)")
     parser.add_argument(
         "--eval-samples", type=int, default=2, help="answers sampled per held-out task for the held-out reward"
