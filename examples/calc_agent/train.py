@@ -55,6 +55,10 @@ LORA_LR = 2e-3
 KL_TO_BASE = 0.1
 WARM_START_LR = 3e-3
 
+# App name -> GRPO steps, tasks per step, rollouts per task. For calc, 16 questions x 4 answers per step learned
+# more per rollout than 8 x 8 (benchmarks/demo_learning.py, seed 1 from its 2,500-step warm start: held-out
+# 0.24 -> 0.74 after 12 steps, 768 rollouts; 8 x 8: 0.61 after 15 steps, 960 rollouts).
+GRPO_SHAPE = {"calc": (12, 16, 4), "triage": (30, 8, 8)}
 # App name -> (the agent, its warm-start demonstrations).
 APPS = {
     "calc": (agent.run, demonstrations),
@@ -65,11 +69,11 @@ APPS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/calc_agent", help="where the plot, summary and checkpoint go")
-    # 16 questions x 4 answers per step learned more per rollout than 8 x 8 (in-process copy of the loop, seed 1:
-    # held-out 0.24 -> 0.74 after 12 steps, 768 rollouts; 8 x 8: 0.61 after 15 steps, 960 rollouts).
-    parser.add_argument("--steps", type=int, default=int(os.environ.get("LIGHTNING_STEPS", "12")))
-    parser.add_argument("--tasks-per-step", type=int, default=16)
-    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="GRPO steps (default: LIGHTNING_STEPS, else 12 for calc, 30 for triage)"
+    )
+    parser.add_argument("--tasks-per-step", type=int, default=None, help="default: 16 for calc, 8 for triage")
+    parser.add_argument("--group-size", type=int, default=None, help="default: 4 for calc, 8 for triage")
     parser.add_argument("--heldout", type=int, default=100, help="held-out tasks (unseen questions)")
     parser.add_argument(
         "--eval-samples", type=int, default=2, help="answers sampled per held-out task for the held-out reward"
@@ -251,6 +255,11 @@ def run_params(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    steps, tasks_per_step, group_size = GRPO_SHAPE[args.app]
+    if args.steps is None:
+        args.steps = int(os.environ.get("LIGHTNING_STEPS", steps))
+    args.tasks_per_step = args.tasks_per_step or tasks_per_step
+    args.group_size = args.group_size or group_size
     logging.basicConfig(level=logging.WARNING)
     # The tiny model's matrices are too small to split across cores: one torch thread, and the other
     # core runs the collector, the policy server's HTTP side and the agents. A real model uses them all.
