@@ -236,6 +236,8 @@ class GRPOTrainer:
         if unknown:
             raise ValueError(f"status_policy actions must be among {ACTIONS}, not {sorted(unknown)}")
         self.policy_per_agent = policy_per_agent or bool(policy.adapters)
+        if self.config.kl_to_base and not self.policy_per_agent:
+            raise ValueError("kl_to_base needs a policy per agent: its reference is the frozen base under the adapters")
         # One optimizer for the whole model, or one per agent's adapter.
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         if not self.policy_per_agent:

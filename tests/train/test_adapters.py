@@ -240,3 +240,8 @@ def test_the_policy_server_command_names_a_damaged_file_and_stops(policy, tmp_pa
     assert result.returncode == 2, result.stderr
     assert str(bad) in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_kl_to_the_base_without_adapters_is_refused(policy):
+    with pytest.raises(ValueError, match="kl_to_base needs a policy per agent"):
+        GRPOTrainer(policy, TrainerConfig(kl_to_base=0.1))
