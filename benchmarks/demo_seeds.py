@@ -53,6 +53,7 @@ def run_seed(seed: int, out: Path, extra: list[str]) -> dict:
         "wall_s": wall_s,
         "script_s": summary["wall_s"],  # the rest of wall_s: the interpreter's start and imports
         "phases_s": summary.get("phases_s", {}),
+        "late_spans": summary.get("late_spans"),  # spans that reached the collector after their rollout completed
         # 1-minute load averages at the start and the end (each averages the minute before it).
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
@@ -78,6 +79,7 @@ def main() -> None:
                 )
                 phases = ", ".join(f"{name} {seconds:.0f}" for name, seconds in r["phases_s"].items())
                 print(f"  seconds: start and imports {r['wall_s'] - r['script_s']:.0f}, {phases}", flush=True)
+                print(f"  late spans: {r['late_spans']}", flush=True)
     figures = {
         "seeds": results,
         "min_rise": min(r["rise"] for r in results),

@@ -372,6 +372,8 @@ def main(argv: list[str] | None = None) -> dict:
         lap("grpo")
         after = evaluate_both(policy, pool, groups, provider, heldout, "after", args.eval_samples)
         lap("evaluate_after")
+        provider.force_flush()
+        late_spans = collector.indexer.counters.spans_late  # spans that came after their rollout had completed
         tracker.log({"heldout": after}, step=first_step + args.steps)
         trainer.save(out / "checkpoint.pt")
         if policy.adapters:  # peft folders too: `otel-lightning policy-server --adapters OUT/adapters`
@@ -409,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
         "trainer_step_s_mean": sum(step_times) / max(len(step_times), 1),
         "trainer_wait_share": sum(wait_times) / max(sum(wait_times) + sum(step_times), 1e-9),
         "stragglers": groups.stragglers,
+        "late_spans": late_spans,
         "wall_s": total_s,
         "phases_s": {name: round(seconds, 2) for name, seconds in phases.items()},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
