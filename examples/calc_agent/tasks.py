@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from typing import Any
 
 from otel_lightning.train.tokenizer import ByteChatTokenizer
@@ -19,6 +20,18 @@ def make_tasks(count: int, seed: int, prefix: str) -> list[tuple[str, dict[str, 
         answer = {"+": a + b, "-": a - b, "*": a * b}[op]
         tasks.append((f"{prefix}-{index}", {"question": f"What is {a}{op}{b}?", "answer": str(answer)}))
     return tasks
+
+
+def heldout_tasks(count: int, seed: int, prefix: str, trained_on: Collection[str]) -> list[tuple[str, dict[str, Any]]]:
+    """`count` tasks of the same generator, leaving out questions in `trained_on` (those of the warm start's
+    demonstrations and of the GRPO steps): held-out means unseen, not only drawn with another seed."""
+    tasks: list[tuple[str, dict[str, Any]]] = []
+    drawn = count
+    while len(tasks) < count:  # the generator's stream starts the same whatever the count: extend it
+        drawn_tasks = make_tasks(drawn, seed, prefix)
+        tasks = [(task_id, task) for task_id, task in drawn_tasks if task["question"] not in trained_on]
+        drawn += count
+    return tasks[:count]
 
 
 def guess_for(answer: str, rng: random.Random) -> str:

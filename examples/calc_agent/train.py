@@ -30,7 +30,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples.calc_agent import agent, two_agents
-from examples.calc_agent.tasks import demonstrations, make_tasks
+from examples.calc_agent.tasks import demonstrations, heldout_tasks, make_tasks
 from otel_lightning.stream_client import TransitionStreamClient
 from otel_lightning.task_client import TaskPoolClient
 from otel_lightning.train.adapters import save_adapters
@@ -59,6 +59,7 @@ WARM_START_LR = 3e-3
 # more per rollout than 8 x 8 (benchmarks/demo_learning.py, seed 1 from its 2,500-step warm start: held-out
 # 0.24 -> 0.74 after 12 steps, 768 rollouts; 8 x 8: 0.61 after 15 steps, 960 rollouts).
 GRPO_SHAPE = {"calc": (12, 16, 4), "triage": (30, 8, 8)}
+DEMONSTRATIONS = 4000  # questions of the warm start's demonstrations (left out of the held-out ones)
 # App name -> (the agent, its warm-start demonstrations).
 APPS = {
     "calc": (agent.run, demonstrations),
@@ -242,6 +243,11 @@ def start_ray_workers(args: argparse.Namespace, collector: str, policy_url: str)
     ).start()
 
 
+def training_tasks(args: argparse.Namespace, step: int) -> list[tuple[str, dict]]:
+    """The questions of GRPO step `step` (counted over resumed runs too)."""
+    return make_tasks(args.tasks_per_step, seed=args.seed * 1000 + step, prefix=f"train-{step}")
+
+
 def default_lr(args: argparse.Namespace) -> float:
     if args.model != "tiny":
         return 1e-6
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
         bar = tqdm(total=args.warm_start_steps, desc="warm start (SFT on mixed demos)", unit="step", mininterval=1.0)
         warm_start(
             policy,
-            app_demonstrations(tokenizer, 4000, args.seed),
+            app_demonstrations(tokenizer, DEMONSTRATIONS, args.seed),
             steps=args.warm_start_steps,
             lr=WARM_START_LR,
             seed=args.seed,
@@ -339,7 +345,11 @@ def main(argv: list[str] | None = None) -> dict:
         worker_thread = workers.start_in_thread()
     pool = TaskPoolClient(collector.address)
     groups = RolloutGroups(TransitionStreamClient(collector.address, consumer="trainer", max_in_flight=4096))
-    heldout = make_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout")
+    first_step = trainer.steps  # a resumed run draws new tasks
+    trained_on = {task["question"] for _, task in make_tasks(DEMONSTRATIONS, args.seed, "demo")}
+    for step in range(first_step, first_step + args.steps):
+        trained_on |= {task["question"] for _, task in training_tasks(args, step)}
+    heldout = heldout_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout", trained_on=trained_on)
     tracker = Tracker(loggers, out, run_name=f"{args.app}-seed{args.seed}", params=run_params(args))
 
     lap("start_services")
@@ -349,12 +359,9 @@ def main(argv: list[str] | None = None) -> dict:
         lap("evaluate_before")
         tracker.log({"heldout": before}, step=0)
         curve, step_times, wait_times = [], [], []
-        first_step = trainer.steps  # a resumed run draws new tasks
         bar = tqdm(range(args.steps), desc="GRPO", unit="step", mininterval=1.0)
         for step in bar:
-            tasks = make_tasks(
-                args.tasks_per_step, seed=args.seed * 1000 + first_step + step, prefix=f"train-{first_step + step}"
-            )
+            tasks = training_tasks(args, first_step + step)
             waited = time.perf_counter()
             collected = run_tasks(pool, groups, provider, tasks, args.group_size)
             wait_times.append(time.perf_counter() - waited)
