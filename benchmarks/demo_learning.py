@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.calc_agent.tasks import demonstrations, make_tasks
+from examples.calc_agent.tasks import demonstrations, heldout_tasks, make_tasks
 from otel_lightning.testing.arithmetic import evaluate, format_number
 from otel_lightning.train.policies import build_policy
 from otel_lightning.train.policy import GenerationRequest, TorchPolicy
@@ -151,7 +151,11 @@ def main() -> None:
         seed=args.seed,
     )
     warm_s = time.perf_counter() - began
-    heldout = make_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout")  # the demo's held-out questions
+    # The demo's held-out questions: none among the demonstrations' or the GRPO steps' questions.
+    trained_on = {task["question"] for _, task in make_tasks(4000, args.seed, "demo")}
+    for step in range(args.steps):
+        trained_on |= {task["question"] for _, task in make_tasks(args.tasks, args.seed * 1000 + step, "train")}
+    heldout = heldout_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout", trained_on=trained_on)
     figures: dict[str, Any] = {**vars(args), "warm_start_s": round(warm_s, 1), "skills": skills(policy, heldout)}
     rollouts = Rollouts(policy)
 
