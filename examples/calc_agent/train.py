@@ -56,8 +56,8 @@ KL_TO_BASE = 0.1
 WARM_START_LR = 3e-3
 
 # App name -> GRPO steps, tasks per step, rollouts per task. For calc, 16 questions x 4 answers per step learned
-# more per rollout than 8 x 8 (benchmarks/demo_learning.py, seed 1 from its 2,500-step warm start: held-out
-# 0.24 -> 0.74 after 12 steps, 768 rollouts; 8 x 8: 0.61 after 15 steps, 960 rollouts).
+# more per rollout than 8 x 8 (the loop in one process, as benchmarks/demo_learning.py, seed 1 from its 2,500-step
+# warm start: held-out 0.24 -> 0.74 after 12 steps, 768 rollouts; 8 x 8: 0.61 after 15 steps, 960 rollouts).
 GRPO_SHAPE = {"calc": (12, 16, 4), "triage": (30, 8, 8)}
 DEMONSTRATIONS = 4000  # questions of the warm start's demonstrations (left out of the held-out ones)
 # App name -> (the agent, its warm-start demonstrations).
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
     groups = RolloutGroups(TransitionStreamClient(collector.address, consumer="trainer", max_in_flight=4096))
     first_step = trainer.steps  # a resumed run draws new tasks
     trained_on = {task["question"] for _, task in make_tasks(DEMONSTRATIONS, args.seed, "demo")}
-    for step in range(first_step, first_step + args.steps):
+    for step in range(first_step + args.steps):  # a resumed run's earlier steps too
         trained_on |= {task["question"] for _, task in training_tasks(args, step)}
     heldout = heldout_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout", trained_on=trained_on)
     tracker = Tracker(loggers, out, run_name=f"{args.app}-seed{args.seed}", params=run_params(args))
