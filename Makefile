@@ -54,6 +54,7 @@ install-smollm2: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/generate_protos.py --check
 
 test: lint

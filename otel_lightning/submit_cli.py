@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--group-size", type=int, default=1, help="rollouts per task when a line gives none")
     parser.add_argument("--openai-base-url", default="", help="the model server these tasks' rollouts must call")
     parser.add_argument("--policy-version", default="", help="the version that server serves (vLLM reports none)")
-    parser.add_argument("tasks", type=Path, help="JSON Lines: {\"task_id\": ..., \"input\": ..., \"group_size\": N}")
+    parser.add_argument("tasks", type=Path, help='JSON Lines: {"task_id": ..., "input": ..., "group_size": N}')
     parser.set_defaults(run=_run)
 
 

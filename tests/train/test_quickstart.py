@@ -27,9 +27,7 @@ def test_quickstart_prints_exact_token_counts():
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if re.match(r"#\d+ task=", line)]
     pattern = re.compile(r"task=(?P<task>\S+) .* tokens=(?P<prompt>\d+)\+(?P<response>\d+)")
-    found = {
-        match["task"]: (int(match["prompt"]), int(match["response"])) for match in map(pattern.search, lines)
-    }
+    found = {match["task"]: (int(match["prompt"]), int(match["response"])) for match in map(pattern.search, lines)}
     system = "system: Answer briefly.\nuser: "
     assert found == {
         "quickstart-0": (len(token_ids(system + "What is 12*7?")), len(token_ids("The answer is 84."))),

@@ -59,9 +59,7 @@ def worker_for(collector, command, upstream, reward=None, auto_instrument=False,
         reward=reward,
         auto_instrument=auto_instrument,
     )
-    worker = Worker(
-        collector.address, parts.agent, concurrency=concurrency, gateway=parts.gateway, reward=parts.reward
-    )
+    worker = Worker(collector.address, parts.agent, concurrency=concurrency, gateway=parts.gateway, reward=parts.reward)
     return worker, parts
 
 
@@ -164,8 +162,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_submit_puts_a_task_file_in_the_pool_and_refuses_a_bad_line_whole(collector, tmp_path):
     good = tmp_path / "tasks.jsonl"
     good.write_text(
-        '{"task_id": "a", "input": "What is 1+1?"}\n\n'
-        '{"task_id": "b", "input": {"q": "2*3"}, "group_size": 3}\n'
+        '{"task_id": "a", "input": "What is 1+1?"}\n\n{"task_id": "b", "input": {"q": "2*3"}, "group_size": 3}\n'
     )
     done = run_cli("submit", "--collector", collector.address, str(good))
     assert done.returncode == 0, done.stderr

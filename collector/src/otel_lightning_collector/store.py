@@ -548,10 +548,14 @@ class Store:
 
     def last_sequence(self) -> int:
         # AUTOINCREMENT's counter too: retention may have deleted every event up to the last one.
-        row = self._reader().execute(
-            "SELECT MAX(COALESCE((SELECT MAX(sequence) FROM events), 0),"
-            " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
-        ).fetchone()
+        row = (
+            self._reader()
+            .execute(
+                "SELECT MAX(COALESCE((SELECT MAX(sequence) FROM events), 0),"
+                " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
+            )
+            .fetchone()
+        )
         return row[0] or 0
 
     def acked_sequence(self, consumer: str) -> int:
