@@ -350,6 +350,8 @@ def main(argv: list[str] | None = None) -> dict:
     for step in range(first_step + args.steps):  # a resumed run's earlier steps too
         trained_on |= {task["question"] for _, task in training_tasks(args, step)}
     heldout = heldout_tasks(args.heldout, seed=10_000 + args.seed, prefix="heldout", trained_on=trained_on)
+    # The same questions for `otel-lightning eval` (examples/optimise evaluates checkpoints on them).
+    (out / "heldout.jsonl").write_text("".join(json.dumps({"task_id": t, "input": task}) + "\n" for t, task in heldout))
     tracker = Tracker(loggers, out, run_name=f"{args.app}-seed{args.seed}", params=run_params(args))
 
     lap("start_services")

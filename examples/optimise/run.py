@@ -3,8 +3,9 @@
     python examples/optimise/run.py --out runs/optimise
 
 1. base: the calc demo's warm start only (`train.py --steps 0`), saved as base.pt;
-2. trained: GRPO from base (`train.py --resume base.pt --steps N`), saved as trained.pt;
-3. `otel-lightning eval` on held-out questions with three candidates (candidates.yaml, written next to
+2. trained: GRPO from base (`train.py --resume base.pt`, the demo's steps), saved as trained.pt, with its
+   held-out questions (none trained on) written as heldout.jsonl;
+3. `otel-lightning eval` on those questions with three candidates (candidates.yaml, written next to
    the checkpoints): base, trained, and trained with a system prompt added at the gateway. The agent is
    `examples/calc_agent/agent.py`, unchanged, run once per rollout.
 """
@@ -12,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -21,9 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from examples.calc_agent.tasks import make_tasks  # noqa: E402
 
 CANDIDATES = """\
 candidates:
@@ -50,11 +47,11 @@ def step(title: str, command: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/optimise")
-    parser.add_argument("--warm-start-steps", type=int, default=800)
-    parser.add_argument("--grpo-steps", type=int, default=20)
-    parser.add_argument("--tasks-per-step", type=int, default=8, help="GRPO: tasks per step")
-    parser.add_argument("--group-size", type=int, default=8, help="GRPO: rollouts per task")
-    parser.add_argument("--heldout", type=int, default=50, help="evaluation questions")
+    parser.add_argument("--warm-start-steps", type=int, default=None, help="default: the demo's")
+    parser.add_argument("--grpo-steps", type=int, default=None, help="default: the demo's")
+    parser.add_argument("--tasks-per-step", type=int, default=None, help="GRPO: tasks per step (default: the demo's)")
+    parser.add_argument("--group-size", type=int, default=None, help="GRPO: rollouts per task (default: the demo's)")
+    parser.add_argument("--heldout", type=int, default=50, help="evaluation questions (unseen in training)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--reuse", action="store_true", help="keep base.pt and trained.pt of an earlier run")
@@ -66,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
         train_checkpoints(args, out)
     evaluate(args, out)
     print(f"\nall done in {time.perf_counter() - started:.0f} s; results in {out / 'eval'}")
+
+
+def _given(flag: str, value: int | None) -> list[str]:
+    """The flag for train.py when set here; otherwise train.py's own default (the demo's)."""
+    return [] if value is None else [flag, str(value)]
 
 
 def train_checkpoints(args: argparse.Namespace, out: Path) -> None:
@@ -82,13 +84,12 @@ def train_checkpoints(args: argparse.Namespace, out: Path) -> None:
             "0",
             "--heldout",
             "0",
-            "--warm-start-steps",
-            str(args.warm_start_steps),
+            *_given("--warm-start-steps", args.warm_start_steps),
         ],
     )
     shutil.copy(out / "base" / "checkpoint.pt", out / "base.pt")
     step(
-        f"trained checkpoint: {args.grpo_steps} GRPO steps from base",
+        "trained checkpoint: GRPO from base",
         [
             python,
             train,
@@ -96,14 +97,13 @@ def train_checkpoints(args: argparse.Namespace, out: Path) -> None:
             str(out / "trained"),
             "--resume",
             str(out / "base.pt"),
-            "--steps",
-            str(args.grpo_steps),
-            "--tasks-per-step",
-            str(args.tasks_per_step),
-            "--group-size",
-            str(args.group_size),
+            *_given("--steps", args.grpo_steps),
+            *_given("--tasks-per-step", args.tasks_per_step),
+            *_given("--group-size", args.group_size),
+            # Its held-out questions (none trained on, warm start included) are the evaluation's tasks,
+            # and its own before/after figures a cross-check of eval's.
             "--heldout",
-            "0",
+            str(args.heldout),
         ],
     )
     shutil.copy(out / "trained" / "checkpoint.pt", out / "trained.pt")
@@ -115,9 +115,8 @@ def evaluate(args: argparse.Namespace, out: Path) -> None:
     python = sys.executable
     reference = StubOpenAIServer().__enter__()
     (out / "candidates.yaml").write_text(CANDIDATES.replace("{reference}", reference.base_url))
-    # Held-out questions the training never saw (the demo draws its held-out set from the same seed).
-    tasks = make_tasks(args.heldout, seed=10_000, prefix="heldout")
-    (out / "tasks.jsonl").write_text("".join(json.dumps({"task_id": t, "input": task}) + "\n" for t, task in tasks))
+    # Held-out questions the training never saw: those the trained run evaluated itself on.
+    shutil.copy(out / "trained" / "heldout.jsonl", out / "tasks.jsonl")
     env = {**os.environ, "CALC_AGENT_MAX_TOKENS": "24"}
     print("\n== evaluation", flush=True)
     command = [
