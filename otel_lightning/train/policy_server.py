@@ -29,6 +29,7 @@ from otel_lightning.listen import check_listen
 from otel_lightning.semconv import BAGGAGE_AGENT_NAME
 from otel_lightning.train.batching import BatchScheduler
 from otel_lightning.train.policy import Generation, GenerationRequest, TorchPolicy
+from otel_lightning.train.sample_seeds import SampleSeeds
 
 # A chat request is a few KB to a few hundred; one larger than this is refused (413) before it is
 # parsed. Within it, a prompt longer than the model's context is refused (400) before it is
@@ -84,6 +85,7 @@ def chat_completion(
     request: ChatRequest,
     generate: Callable[[GenerationRequest], tuple[Generation, int]],
     agent: str | None = None,
+    seeds: SampleSeeds | None = None,
 ) -> dict[str, Any]:
     tokenizer = policy.tokenizer
     tools = {(t.get("function") or {}).get("name"): t for t in request.tools or []}
@@ -102,7 +104,10 @@ def chat_completion(
             f" {context}-token context: shorten it or ask for fewer tokens"
         )
     temperature = 1.0 if request.temperature is None else request.temperature
-    generation, version = generate(GenerationRequest(prompt_ids, max_tokens, temperature, request.seed, agent))
+    seed = request.seed
+    if seed is None and seeds is not None:
+        seed = seeds.next(policy.version, agent, temperature, prompt_ids)
+    generation, version = generate(GenerationRequest(prompt_ids, max_tokens, temperature, seed, agent))
     text, calls = tokenizer.parse_completion(generation.token_ids, default_tool or "")
     tool_calls = [
         {
@@ -219,6 +224,7 @@ def create_app(
     quiet = {"tracing": False, "metrics": False, "logs": False}
     telemetry = {"telemetry": quiet} if "telemetry" in inspect.signature(FastAPI).parameters else {}
     app = FastAPI(title="otel-lightning policy server", **telemetry)
+    seeds = SampleSeeds()  # requests without a seed sample the same tokens run after run
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
 
     if api_key:
@@ -255,7 +261,7 @@ def create_app(
             raise HTTPException(400, "messages must not be empty")
         try:
             agent = requested_agent(policy, request.model, http_request.headers)
-            return await run_in_threadpool(chat_completion, policy, request, scheduler.generate, agent)
+            return await run_in_threadpool(chat_completion, policy, request, scheduler.generate, agent, seeds)
         except PromptTooLongError as error:
             raise HTTPException(400, str(error)) from None
 
