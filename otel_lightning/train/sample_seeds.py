@@ -16,8 +16,7 @@ from collections.abc import Sequence
 
 
 class SampleSeeds:
-    def __init__(self, base_seed: int = 0) -> None:
-        self.base_seed = base_seed
+    def __init__(self) -> None:
         self._asked: dict[bytes, int] = {}
         self._version: int | None = None
         self._lock = threading.Lock()
@@ -30,4 +29,4 @@ class SampleSeeds:
                 self._version = version
             count = self._asked.get(key, 0)
             self._asked[key] = count + 1
-        return (zlib.crc32(key) * 1_000_003 + count * 7_919 + version * 104_729 + self.base_seed) % 2**63
+        return (zlib.crc32(key) * 1_000_003 + count * 7_919 + version * 104_729) % 2**63
