@@ -5,9 +5,10 @@ The upstream is the stub model server (vLLM-like: token ids only when asked) in 
 the gateway runs in another process, recording every call into the real OpenTelemetry SDK
 (BatchSpanProcessor) with an exporter that drops the spans, so the figures are the gateway's own cost
 (HTTP in and out, body handling, the span) and not a collector's. A third way, "bare proxy", is the
-gateway's own stack (aiohttp's server and one keep-alive aiohttp ClientSession) passing bytes through
-and recording nothing: the floor any proxy on this stack costs, against which the gateway's own work
-shows. `--old-stack` adds the stack the gateway had before (uvicorn + one pooled httpx client), bare.
+gateway's own stack (its HTTP/1.1 server and model-server client on uvloop) passing bytes through and
+recording nothing: the floor any proxy on this stack costs, against which the gateway's own work shows.
+`--old-stack` adds the stacks the gateway had before, bare: aiohttp's server and client, and uvicorn
+with one pooled httpx client.
 The callers are httpx clients, as openai-python is.
 
 Latency: one call at a time over a kept-alive connection, the ways alternating by round; "added" =
@@ -63,8 +64,45 @@ def serve_gateway(port: int, upstream: str) -> None:
 
 
 def serve_bare_proxy(port: int, upstream: str) -> None:
-    """The floor: aiohttp's server and one keep-alive ClientSession passing bodies through, nothing
-    recorded (the gateway's own stack, without the gateway's work)."""
+    """The floor: the gateway's own stack (its HTTP/1.1 server and model-server client, on uvloop)
+    passing bodies through, nothing parsed and nothing recorded."""
+    from yarl import URL
+
+    from otel_lightning_gateway.http_server import HttpServer, Reply, Request
+    from otel_lightning_gateway.model_server_client import ModelServerPool
+    from otel_lightning_gateway.server import run_loop
+
+    pool = ModelServerPool(connect_timeout_s=3, read_timeout_s=600)
+    headers = [("Content-Type", "application/json")]
+
+    async def handle(request: Request, reply: Reply) -> None:
+        if request.method == "GET":  # /v1/models, to see it is up
+            reply.send(200, b'{"data": []}', headers)
+            return
+        answer = await pool.post(URL(upstream + request.raw_path[3:], encoded=True), headers, request.body)
+        kind = answer.headers.get("Content-Type", "")
+        if "text/event-stream" not in kind:
+            body = await answer.read()
+            answer.release()
+            reply.send(answer.status, body, [("Content-Type", kind)])
+            return
+        await reply.start(answer.status, [("Content-Type", kind)])
+        async for data in answer.iter_any():
+            await reply.write(data)
+        answer.release()
+
+    async def serve() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind(("127.0.0.1", port))
+        await HttpServer(handle).start(sock)
+        await asyncio.Event().wait()
+
+    run_loop(serve())
+
+
+def serve_aiohttp_proxy(port: int, upstream: str) -> None:
+    """The stack the gateway had before this one (aiohttp's server and one keep-alive ClientSession),
+    passing bodies through."""
     from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
     async def start(app: web.Application) -> None:
@@ -102,7 +140,7 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
 
 
 def serve_uvicorn_proxy(port: int, upstream: str) -> None:
-    """The stack the gateway had before (uvicorn + one pooled httpx client), passing bytes through."""
+    """The stack the gateway had first (uvicorn + one pooled httpx client), passing bytes through."""
     import uvicorn
 
     client: httpx.AsyncClient | None = None
@@ -239,7 +277,7 @@ PROXIES = {
     "bare proxy": "--serve-bare-proxy",
     "gateway": "--serve-gateway",
 }
-OLD_STACK = ("uvicorn proxy", "--serve-uvicorn-proxy")
+OLD_STACKS = {"aiohttp proxy": "--serve-aiohttp-proxy", "uvicorn proxy": "--serve-uvicorn-proxy"}
 
 
 def figures_of(found: dict[str, list[float]], cpu_per_call: dict[str, float], rates: dict[str, float]) -> dict:
@@ -292,16 +330,20 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0, help="per way and mode for the throughput figures")
     parser.add_argument(
-        "--old-stack", action="store_true", help="add a row for the gateway's former stack (uvicorn + httpx), bare"
+        "--old-stack",
+        action="store_true",
+        help="add rows for the gateway's former stacks (aiohttp; uvicorn + httpx), bare",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object of figures on the last line")
     parser.add_argument("--serve-gateway", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-aiohttp-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-uvicorn-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     for given, serve in (
         (args.serve_gateway, serve_gateway),
         (args.serve_bare_proxy, serve_bare_proxy),
+        (args.serve_aiohttp_proxy, serve_aiohttp_proxy),
         (args.serve_uvicorn_proxy, serve_uvicorn_proxy),
     ):
         if given:
@@ -309,7 +351,7 @@ def main() -> None:
 
     proxies = dict(PROXIES)
     if args.old_stack:
-        proxies[OLD_STACK[0]] = OLD_STACK[1]
+        proxies.update(OLD_STACKS)
     stub_port = free_port()
     upstream = f"http://127.0.0.1:{stub_port}/v1"
     stub = [sys.executable, "-m", "otel_lightning.testing.openai_stub", "--port", str(stub_port)]

@@ -1,5 +1,5 @@
 """One model call through the gateway: the request made ready (translated, rewritten, asking for token
-ids), sent upstream on the pooled session, the call's span ended, and the answer given back as the
+ids), sent upstream on a kept-alive connection, the call's span ended, and the answer given back as the
 caller would have had it.
 """
 
@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.context import Context
 
@@ -21,6 +20,8 @@ from otel_lightning_gateway import attributes as attrs
 from otel_lightning_gateway import one_piece, responses_translation, upstream
 from otel_lightning_gateway import relay as relays
 from otel_lightning_gateway.config import GatewayConfig, GatewayStats
+from otel_lightning_gateway.http_server import CallerGoneError, Reply, Request
+from otel_lightning_gateway.model_server_client import ModelServerPool, ModelServerResponse
 from otel_lightning_gateway.recording import TRACE_CONTEXT, CallSpan, identity_attributes, parent_context
 from otel_lightning_gateway.routes import RolloutRoute, RouteTable
 from otel_lightning_gateway.token_options import Asked, ask_for_tokens, strip
@@ -35,8 +36,21 @@ def error_body(message: str, kind: str, code: int) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": kind, "code": code}})
 
 
-def json_response(content: bytes, status: int = 200) -> web.Response:
-    return web.Response(body=content, status=status, content_type=JSON)
+@dataclass
+class Answer:
+    """A whole answer for the caller (streamed ones are written as they come instead)."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]]
+    reason: str | None = None
+
+    def send(self, reply: Reply) -> None:
+        reply.send(self.status, self.body, self.headers, self.reason)
+
+
+def json_response(content: bytes, status: int = 200, kind: str = JSON) -> Answer:
+    return Answer(status, content, [("Content-Type", kind)])
 
 
 def _text(content: bytes, limit: int = 2000) -> str:
@@ -51,7 +65,7 @@ class ModelCalls:
         self.routes = routes
         self.tracer = tracer
         self.stats = stats
-        self.session: aiohttp.ClientSession | None = None  # set in the serving loop
+        self.pool: ModelServerPool | None = None  # set in the serving loop
         self._warned_unknown: set[str] = set()
 
     def _route(self, rollout_id: str | None) -> tuple[RolloutRoute | None, bool]:
@@ -73,21 +87,21 @@ class ModelCalls:
     def _span(self, api: str, body: dict[str, Any], context: Context, extra: dict[str, Any]) -> CallSpan:
         return CallSpan(self.tracer, api, body, context, extra, capture_content_enabled(), self.stats.count)
 
-    def _refuse(self, call: CallSpan, status: int, message: str, kind: str) -> web.Response:
+    def _refuse(self, call: CallSpan, status: int, message: str, kind: str) -> Answer:
         call.fail(kind, message)
         return json_response(error_body(message, kind, status), status)
 
     async def handle(
-        self, request: web.BaseRequest, api: str, rollout_id: str | None, endpoint: str, query: str
-    ) -> web.StreamResponse:
+        self, request: Request, reply: Reply, api: str, rollout_id: str | None, endpoint: str, query: str
+    ) -> Answer | None:
+        """The call's answer, or None when it was streamed to the caller already."""
         self.stats.count("calls")
         route, unknown = self._route(rollout_id)
         context = parent_context(request.headers, route)
         # Gateway-wide attributes first: the rollout's own (baggage, URL, route) are more specific.
         extra = {**self.config.span_attributes, **identity_attributes(context, rollout_id, route, unknown)}
-        raw = await request.content.read()  # no size limit: a conversation with images is large
         try:
-            body = orjson.loads(raw)
+            body = orjson.loads(request.body)
         except orjson.JSONDecodeError as error:
             body = error
         if not isinstance(body, dict):
@@ -120,13 +134,13 @@ class ModelCalls:
         call = self._span(api, body, context, extra)
         try:
             base = (route.upstream if route is not None and route.upstream else None) or self.config.upstream
-            return await self._forward(
-                call, request, base, endpoint, query, body, asked, responses_body if via_chat else None
-            )
-        except asyncio.CancelledError:  # the caller went away before its answer: aiohttp cancels the handler
+            registered = rollout_id if route is not None else None
+            via = responses_body if via_chat else None
+            return await self._forward(call, request, reply, base, endpoint, query, body, asked, via, registered)
+        except (asyncio.CancelledError, CallerGoneError):  # the caller went away before its answer
             call.cancel()
             raise
-        except Exception as error:  # a bug of ours: the span says so, the caller gets aiohttp's 500
+        except Exception as error:  # a bug of ours: the span says so, the caller gets a 500
             logger.exception("the gateway failed on a %s call", api)
             call.fail("gateway_error", f"{type(error).__name__}: {error}")
             raise
@@ -134,15 +148,18 @@ class ModelCalls:
     async def _forward(
         self,
         call: CallSpan,
-        request: web.BaseRequest,
+        request: Request,
+        reply: Reply,
         base: str,
         endpoint: str,
         query: str,
         body: dict[str, Any],
         asked: Asked | None,
         responses_body: dict[str, Any] | None,
-    ) -> web.StreamResponse:
-        assert self.session is not None
+        rollout_id: str | None,
+    ) -> Answer | None:
+        """The call sent upstream and answered: None once written to the caller, or the error to write."""
+        assert self.pool is not None
         headers = upstream.forwarded_headers(request.headers, model_call=True)
         headers["Content-Type"] = JSON
         headers["Accept-Encoding"] = "identity"  # the gateway reads the answer
@@ -154,7 +171,7 @@ class ModelCalls:
             sent = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
         try:
             url = upstream.upstream_url(base, endpoint, query)
-            answer = await self.session.post(url, data=orjson.dumps(sent), headers=headers)
+            answer = await self.pool.post(url, headers.items(), orjson.dumps(sent), while_waiting=call.describe)
         except upstream.UPSTREAM_ERRORS as error:
             self.stats.count("upstream_unavailable")
             message = f"the model server at {base} could not be reached: {type(error).__name__}: {error}"
@@ -166,7 +183,8 @@ class ModelCalls:
                 handler = relays.ResponsesRelay(call)
             else:
                 handler = relays.ChunkRelay(call, asked, chat=call.api == attrs.CHAT)
-            return await relays.relay(handler, answer, request)
+            await relays.relay(handler, answer, reply)
+            return None
         try:
             content = await answer.read()
         except upstream.UPSTREAM_ERRORS as error:
@@ -174,18 +192,21 @@ class ModelCalls:
             return self._refuse(call, 502, f"the model server's answer broke off: {error}", "upstream_error")
         finally:
             answer.release()
-        return self._whole_answer(call, answer, content, asked, responses_body, streamed)
+        return self._whole_answer(call, answer, content, asked, responses_body, streamed, reply, rollout_id)
 
     def _whole_answer(
         self,
         call: CallSpan,
-        answer: aiohttp.ClientResponse,
+        answer: ModelServerResponse,
         content: bytes,
         asked: Asked | None,
         responses_body: dict[str, Any] | None,
         streamed: bool,
-    ) -> web.StreamResponse:
-        """A non-streamed answer (or an error, or a server that answered a stream request in one piece)."""
+        reply: Reply,
+        rollout_id: str | None,
+    ) -> Answer | None:
+        """A non-streamed answer (or an error, or a server that answered a stream request in one piece):
+        sent (None), or the error to send."""
         if answer.status >= 400:
             call.fail(str(answer.status), f"the model server answered {answer.status}: {_text(content)}")
             return _upstream_response(content, answer)
@@ -196,7 +217,6 @@ class ModelCalls:
         except orjson.JSONDecodeError:
             call.fail("invalid_upstream_answer", f"the model server's answer is not JSON: {_text(content)}")
             return _upstream_response(content, answer)
-        call.take(data)  # before the caller's copy loses what only the gateway asked for
         status, kind = answer.status, JSON
         if responses_body is not None:
             asked_ids = asked is not None and asked.token_ids
@@ -210,11 +230,22 @@ class ModelCalls:
             kept, changed = strip(data, asked)
             if changed:
                 content = orjson.dumps(kept)
-        call.finish()  # before the caller has the answer (an agent may exit on it: its rollout then ends)
-        return web.Response(body=content, status=status, content_type=kind)
+        # The caller first, the span right after. An agent may exit on this answer and its worker end
+        # the rollout at once: the worker's unregister_rollout waits for spans of answered calls.
+        self.routes.answering(rollout_id)
+        try:
+            reply.send(status, content, [("Content-Type", kind)])
+        except CallerGoneError:
+            call.cancel(data)
+            raise
+        else:
+            call.finish(data)
+        finally:
+            self.routes.recorded(rollout_id)
+        return None
 
 
-def _upstream_response(content: bytes, answer: aiohttp.ClientResponse) -> web.Response:
+def _upstream_response(content: bytes, answer: ModelServerResponse) -> Answer:
     """The model server's own answer (an error), status, body and headers as it sent them."""
-    headers = upstream.returned_headers(answer.headers.items())
-    return web.Response(body=content, status=answer.status, reason=answer.reason, headers=headers)
+    headers = list(upstream.returned_headers(answer.headers.items()).items())
+    return Answer(answer.status, content, headers, answer.reason)

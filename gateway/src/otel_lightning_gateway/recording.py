@@ -112,7 +112,9 @@ def set_attributes(span: trace.Span, attributes: dict[str, Any]) -> None:
 class CallSpan:
     """The span of one model call, started when the request is ready to go upstream (which gets it as
     `traceparent`). Its attributes are gathered as the call goes and set once, at its end (`finish` /
-    `fail` / `cancel`, exactly one of them): one pass instead of one per attribute."""
+    `fail` / `cancel`, exactly one of them): one pass instead of one per attribute. Those of the request
+    are worked out by `describe`, called while the model server works (or at the end at the latest),
+    so the caller does not wait for them."""
 
     def __init__(
         self,
@@ -127,10 +129,26 @@ class CallSpan:
         self.api = api
         self.capture_content = capture_content
         self._count = count
-        self.attributes = attrs.request_attributes(api, body, self.capture_content)
-        self.attributes.update(extra)
+        self._request: tuple[Mapping[str, Any], Mapping[str, Any]] | None = (body, extra)
+        self.attributes: dict[str, Any] = {}
         self.span = tracer.start_span(attrs.span_name(api, body.get("model")), context=context, kind=SpanKind.CLIENT)
         self.outcome: str | None = None  # "ok", "failed" or "cancelled" once ended
+
+    def describe(self) -> None:
+        """The request's attributes (once; the body must not change until then): under what the call
+        has recorded since, which is more specific."""
+        if self._request is None:
+            return
+        body, extra = self._request
+        self._request = None
+        try:
+            described = attrs.request_attributes(self.api, body, self.capture_content)
+        except Exception:
+            logger.warning("could not record the request on the gateway span", exc_info=True)
+            described = {}
+        described.update(extra)
+        described.update(self.attributes)
+        self.attributes = described
 
     def take(self, response: Mapping[str, Any], answered_as: str | None = None) -> None:
         """Read the answer's attributes now (before the caller's copy of it is changed); `answered_as`:
@@ -168,6 +186,7 @@ class CallSpan:
         self.fail("cancelled", "the caller disconnected before the answer was complete", partial)
 
     def _end(self, outcome: str) -> None:
+        self.describe()
         if self.attributes.get(semconv.LLM_CANCELLED):
             outcome = "cancelled"
         self.outcome = outcome

@@ -5,7 +5,7 @@ event without what only the gateway asked for, or the Responses API events it st
 ends the span and gives the last bytes. The span ends before the caller has its whole answer: an
 agent that exits on its last answer (and the worker that then ends the rollout) finds every span of
 its calls already recorded. `relay` pumps the upstream into the caller; when the caller goes away
-(aiohttp cancels the handler, or a write finds the socket closed) the span is marked cancelled and
+(the server cancels the call, or a write finds the socket closed) the span is marked cancelled and
 the upstream stream is closed, so the model server stops generating for nobody.
 """
 
@@ -16,12 +16,12 @@ import contextlib
 import logging
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp import web
 
 from otel_lightning_gateway import sse
 from otel_lightning_gateway.accumulate import StreamAccumulator
+from otel_lightning_gateway.http_server import CallerGoneError, Reply
+from otel_lightning_gateway.model_server_client import ModelServerResponse
 from otel_lightning_gateway.recording import CallSpan
 from otel_lightning_gateway.responses_stream import ResponsesEventWriter
 from otel_lightning_gateway.token_options import Asked, strip
@@ -165,56 +165,43 @@ class ResponsesRelay:
         self.call.cancel(self.final)
 
 
-SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+SSE_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")]
 
 
-class _CallerGoneError(Exception):
-    """A write to the caller found its connection closed."""
-
-
-async def _write(response: web.StreamResponse, data: bytes) -> None:
-    try:
-        await response.write(data)
-    except ConnectionResetError as error:  # aiohttp: "Cannot write to closing transport"
-        raise _CallerGoneError from error
-
-
-async def relay(handler: Any, upstream: aiohttp.ClientResponse, request: web.BaseRequest) -> web.StreamResponse:
+async def relay(handler: Any, upstream: ModelServerResponse, reply: Reply) -> None:
     """Stream `upstream` through `handler` to the caller; ends the span one way or another and always
     lets go of the upstream response."""
     splitter = sse.EventSplitter()
-    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
     finished = False
     try:
-        await response.prepare(request)
+        await reply.start(200, SSE_HEADERS)
         first = handler.begin()
         if first:
-            await _write(response, first)
-        async for data in upstream.content.iter_any():
+            await reply.write(first)
+        async for data in upstream.iter_any():
             out = b"".join([handler.on_event(event) for event in splitter.feed(data)])
             if out:
-                await _write(response, out)
+                await reply.write(out)
         last = splitter.rest()
         tail = (handler.on_event(last) if last is not None else b"") + handler.end()
         finished = True
-        with contextlib.suppress(ConnectionResetError):  # the span is ended: a caller gone now changes nothing
-            await response.write_eof(tail)
-    except _CallerGoneError:
+        with contextlib.suppress(CallerGoneError):  # the span is ended: a caller gone now changes nothing
+            await reply.end(tail)
+    except CallerGoneError:  # a write found the caller's connection closed
         handler.cancel()
-    except asyncio.CancelledError:  # the caller went away while the gateway waited: aiohttp cancels its handler
+    except asyncio.CancelledError:  # the caller went away while the gateway waited: the server cancels its call
         handler.cancel()
         raise
     except UPSTREAM_ERRORS as error:
         _fail_broken_stream(handler, error)
         # End the caller's stream too (it stops short; a client sees an incomplete answer).
-        with contextlib.suppress(ConnectionResetError):
-            await response.write_eof()
+        with contextlib.suppress(CallerGoneError):
+            await reply.end()
     finally:
         if finished:
             upstream.release()  # read to the end: the connection goes back to the pool
         else:
             upstream.close()  # mid-stream: the model server sees the connection close and stops
-    return response
 
 
 def _fail_broken_stream(handler: Any, error: Exception) -> None:

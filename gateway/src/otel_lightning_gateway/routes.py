@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,19 +33,40 @@ class RolloutRoute:
 
 
 class RouteTable:
-    """Registered routes by rollout id; read on every call from the server thread, written from others."""
+    """Registered routes by rollout id; read on every call from the server thread, written from others.
+
+    It also knows which rollouts have calls answered whose spans are not yet ended (the gateway answers
+    first and ends the span right after): `unregister` waits for those, so a worker that ends a rollout
+    as soon as its agent has the last answer still finds every span of it ended before its own."""
 
     def __init__(self) -> None:
         self._routes: dict[str, RolloutRoute] = {}
+        self._recording: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
+        self._recorded = threading.Condition(self._lock)
 
     def register(self, route: RolloutRoute) -> None:
         with self._lock:
             self._routes[route.rollout_id] = route
 
-    def unregister(self, rollout_id: str) -> RolloutRoute | None:
+    def unregister(self, rollout_id: str, wait_s: float = 2.0) -> RolloutRoute | None:
         with self._lock:
+            self._recorded.wait_for(lambda: rollout_id not in self._recording, wait_s)
             return self._routes.pop(rollout_id, None)
+
+    def answering(self, rollout_id: str | None) -> None:
+        """A call of `rollout_id` is being answered; its span ends at `recorded`."""
+        if rollout_id is not None:
+            with self._lock:
+                self._recording[rollout_id] += 1
+
+    def recorded(self, rollout_id: str | None) -> None:
+        if rollout_id is not None:
+            with self._lock:
+                self._recording[rollout_id] -= 1
+                if self._recording[rollout_id] <= 0:
+                    del self._recording[rollout_id]
+                    self._recorded.notify_all()
 
     def get(self, rollout_id: str) -> RolloutRoute | None:
         return self._routes.get(rollout_id)  # a dict read is atomic: no lock on the hot path

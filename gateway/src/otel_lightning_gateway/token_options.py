@@ -48,23 +48,34 @@ def ask_for_tokens(api: str, body: dict[str, Any]) -> Asked:
 
 def strip(answer: dict[str, Any], asked: Asked) -> tuple[dict[str, Any] | None, bool]:
     """`answer` (a response or one streamed chunk of chat/completions) without what only the gateway
-    asked for, changed in place, and whether anything changed (if not, the upstream's bytes can go out
-    as they came); None when the whole chunk goes (the usage chunk nobody asked for)."""
+    asked for, and whether anything changed (if not, the upstream's bytes can go out as they came);
+    None when the whole chunk goes (the usage chunk nobody asked for). `answer` itself is left as it
+    is (the span reads it after the caller has its copy): what changes is copied."""
     choices = answer.get("choices")
     if not asked.usage and not choices and answer.get("usage") is not None:
         return None, True
+    kept = dict(answer)
     changed = False
     # Set to null, not removed: vLLM names these fields (null) in answers that did not ask for them.
     if not asked.token_ids and answer.get("prompt_token_ids") is not None:
-        answer["prompt_token_ids"] = None
+        kept["prompt_token_ids"] = None
         changed = True
-    for choice in choices or ():
-        if not asked.token_ids:
-            for key in ("token_ids", "prompt_token_ids"):  # completions carry the prompt's per choice
-                if choice.get(key) is not None:
-                    choice[key] = None
-                    changed = True
-        if not asked.logprobs and choice.get("logprobs") is not None:
-            choice["logprobs"] = None
-            changed = True
-    return answer, changed
+    if isinstance(choices, list):
+        kept_choices = [_strip_choice(choice, asked) for choice in choices]
+        changed = changed or any(new is not old for new, old in zip(kept_choices, choices, strict=True))
+        kept["choices"] = kept_choices
+    return kept, changed
+
+
+_ID_FIELDS = ("token_ids", "prompt_token_ids")
+
+
+def _strip_choice(choice: Any, asked: Asked) -> Any:
+    """The choice without token ids (completions carry the prompt's per choice) or logprobs the caller
+    did not ask for: a copy if anything goes, else the choice itself."""
+    if not isinstance(choice, dict):
+        return choice
+    dropped = [] if asked.token_ids else [key for key in _ID_FIELDS if choice.get(key) is not None]
+    if not asked.logprobs and choice.get("logprobs") is not None:
+        dropped.append("logprobs")
+    return {**choice, **dict.fromkeys(dropped)} if dropped else choice

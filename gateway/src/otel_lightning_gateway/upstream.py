@@ -1,4 +1,5 @@
-"""The connection to the model server: one aiohttp session (a keep-alive pool), URLs and the headers that cross."""
+"""The model server's side: URLs, the headers that cross, what a failed call raises, and the aiohttp
+session (a keep-alive pool) for everything that is not a model call."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Iterable, Mapping
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
+
+from otel_lightning_gateway.model_server_client import ModelServerError
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the gateway or aiohttp set themselves.
 _NOT_FORWARDED = frozenset(
@@ -35,8 +38,8 @@ _NOT_FORWARDED_ON_MODEL_CALLS = _NOT_FORWARDED | {
 }
 _NOT_RETURNED = frozenset({*_NOT_FORWARDED, "content-encoding", "date", "server"})
 
-# What a failed upstream call raises: refused or broken connections, timeouts, a bad URL.
-UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
+# What a failed upstream call raises: refused or broken connections, timeouts, a bad URL or header.
+UPSTREAM_ERRORS = (aiohttp.ClientError, ModelServerError, OSError, asyncio.TimeoutError, ValueError)
 
 
 def split_base(base_url: str) -> tuple[str, str]:
