@@ -3,6 +3,10 @@ the rollout's URL and its registered route, or W3C baggage."""
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+
 import httpx
 import openai
 import pytest
@@ -13,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_lightning import semconv
-from otel_lightning_gateway import RolloutRoute
+from otel_lightning_gateway import Gateway, RolloutRoute
 from tests.gateway.support import QUESTION, llm_spans, token_ids
 
 
@@ -128,3 +132,60 @@ def test_a_rollout_id_that_needs_quoting_in_its_url_is_read_back_whole(gateway, 
     (span,) = llm_spans(gateway_exporter)
     assert (span.attributes[semconv.ROLLOUT_ID], span.attributes[semconv.TASK_ID]) == ("task 1/attempt#2", "t-q")
     assert gateway.stats["unknown_rollouts"] == 0
+
+
+class _TraceRecordingModelServer(http.server.ThreadingHTTPServer):
+    """A model server that answers every chat call the same and keeps each request's `traceparent`."""
+
+    def __init__(self) -> None:
+        self.traceparents: list[str | None] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                server.traceparents.append(self.headers.get("traceparent"))
+                body = json.dumps(
+                    {
+                        "id": "c1",
+                        "model": "m",
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": "42"}, "finish_reason": "stop"}
+                        ],
+                        "prompt_token_ids": [1, 2],
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.mark.parametrize("from_caller", [False, True], ids=["new-trace", "callers-trace"])
+def test_the_model_server_is_told_the_calls_span_as_its_parent(gateway_provider, gateway_exporter, from_caller):
+    """The span starts while the model server works, but the model server still gets its exact context."""
+    model_server = _TraceRecordingModelServer()
+    threading.Thread(target=model_server.serve_forever, daemon=True).start()
+    headers: dict[str, str] = {}
+    if from_caller:
+        with TracerProvider().get_tracer("agent").start_as_current_span("agent step"):
+            TraceContextTextMapPropagator().inject(headers)
+    try:
+        with Gateway(f"http://127.0.0.1:{model_server.server_address[1]}/v1", tracer_provider=gateway_provider) as gw:
+            assert _ask(gw.base_url, headers) == "42"
+    finally:
+        model_server.shutdown()
+    (span,) = llm_spans(gateway_exporter)
+    context = span.get_span_context()
+    assert model_server.traceparents == [f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"]
+    if from_caller:
+        assert headers["traceparent"].split("-")[1] == f"{context.trace_id:032x}"
+    assert span.start_time <= span.end_time

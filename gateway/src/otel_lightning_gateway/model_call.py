@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan
 
 from otel_lightning import semconv
 from otel_lightning.content import capture_content_enabled
@@ -24,12 +25,15 @@ from otel_lightning_gateway.http_server import CallerGoneError, Reply, Request
 from otel_lightning_gateway.model_server_client import ModelServerPool, ModelServerResponse
 from otel_lightning_gateway.recording import TRACE_CONTEXT, CallSpan, identity_attributes, parent_context
 from otel_lightning_gateway.routes import RolloutRoute, RouteTable
+from otel_lightning_gateway.span_ids import ChosenSpanIds
 from otel_lightning_gateway.token_options import Asked, ask_for_tokens, strip
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 SSE = "text/event-stream"
+# What a model call always says to the model server: a JSON body, and an answer the gateway can read.
+_MODEL_CALL_HEADERS = (("Content-Type", JSON), ("Accept-Encoding", "identity"))
 
 
 def error_body(message: str, kind: str, code: int) -> bytes:
@@ -64,6 +68,7 @@ class ModelCalls:
         self.config = config
         self.routes = routes
         self.tracer = tracer
+        self.ids = ChosenSpanIds.install(tracer)
         self.stats = stats
         self.pool: ModelServerPool | None = None  # set in the serving loop
         self._warned_unknown: set[str] = set()
@@ -85,7 +90,7 @@ class ModelCalls:
         return route, route is None
 
     def _span(self, api: str, body: dict[str, Any], context: Context, extra: dict[str, Any]) -> CallSpan:
-        return CallSpan(self.tracer, api, body, context, extra, capture_content_enabled(), self.stats.count)
+        return CallSpan(self.tracer, api, body, context, extra, capture_content_enabled(), self.stats.count, self.ids)
 
     def _refuse(self, call: CallSpan, status: int, message: str, kind: str) -> Answer:
         call.fail(kind, message)
@@ -161,17 +166,20 @@ class ModelCalls:
         """The call sent upstream and answered: None once written to the caller, or the error to write."""
         assert self.pool is not None
         headers = upstream.forwarded_headers(request.headers, model_call=True)
-        headers["Content-Type"] = JSON
-        headers["Accept-Encoding"] = "identity"  # the gateway reads the answer
+        headers += _MODEL_CALL_HEADERS
         # The call's span as the upstream's parent (the caller's baggage header, if any, went on as it was).
-        TRACE_CONTEXT.inject(headers, context=trace.set_span_in_context(call.span, Context()))
+        trace_headers: dict[str, str] = {}
+        TRACE_CONTEXT.inject(
+            trace_headers, context=trace.set_span_in_context(NonRecordingSpan(call.span_context), Context())
+        )
+        headers += trace_headers.items()
         streamed = bool(body.get("stream"))
         sent = body
         if streamed and not self.config.upstream_streams:  # asked in one piece, streamed to the caller from it
             sent = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
         try:
             url = upstream.upstream_url(base, endpoint, query)
-            answer = await self.pool.post(url, headers.items(), orjson.dumps(sent), while_waiting=call.describe)
+            answer = await self.pool.post(url, headers, orjson.dumps(sent), while_waiting=call.describe)
         except upstream.UPSTREAM_ERRORS as error:
             self.stats.count("upstream_unavailable")
             message = f"the model server at {base} could not be reached: {type(error).__name__}: {error}"

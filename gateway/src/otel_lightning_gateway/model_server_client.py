@@ -63,7 +63,14 @@ class ModelServerResponse:
             yield data
 
     async def read(self) -> bytes:
-        return b"".join([data async for data in self.iter_any()])
+        connection = self._connection
+        if not connection.complete:  # usually the head came first and the body is still on its way
+            await connection.until_complete()
+        pieces = connection.pieces
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        connection.buffered = 0
+        return body
 
     @property
     def content_length(self) -> int | None:
@@ -180,6 +187,16 @@ class _Connection(asyncio.Protocol):
         response = await self._wait()
         assert isinstance(response, ModelServerResponse)
         return response
+
+    async def until_complete(self) -> None:
+        """Until the whole body is in (read-ahead is not paused for it: the caller wants it all)."""
+        while not self.complete:
+            if self.error is not None:
+                raise self.error
+            if self.paused and self.transport is not None:
+                self.paused = False
+                self.transport.resume_reading()
+            await self._wait()
 
     async def next_body_piece(self) -> bytes | None:
         """The next piece of the body, None once it is all read."""

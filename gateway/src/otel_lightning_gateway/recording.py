@@ -6,6 +6,7 @@ Recording never breaks the proxying: errors here are logged and the caller's ans
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,12 +15,13 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_lightning import semconv
 from otel_lightning_gateway import attributes as attrs
 from otel_lightning_gateway.routes import RolloutRoute
+from otel_lightning_gateway.span_ids import ChosenSpanIds
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +114,10 @@ def set_attributes(span: trace.Span, attributes: dict[str, Any]) -> None:
 class CallSpan:
     """The span of one model call, started when the request is ready to go upstream (which gets it as
     `traceparent`). Its attributes are gathered as the call goes and set once, at its end (`finish` /
-    `fail` / `cancel`, exactly one of them): one pass instead of one per attribute. Those of the request
-    are worked out by `describe`, called while the model server works (or at the end at the latest),
-    so the caller does not wait for them."""
+    `fail` / `cancel`, exactly one of them): one pass instead of one per attribute. Where the tracer
+    lets its ids be chosen (`ids`), the span itself is started by `describe`, with the request's
+    attributes, while the model server works (at the end at the latest), so the caller waits for
+    neither; its start time is still when the request was ready."""
 
     def __init__(
         self,
@@ -125,18 +128,48 @@ class CallSpan:
         extra: Mapping[str, Any],
         capture_content: bool,
         count: Callable[[str], None] | None = None,
+        ids: ChosenSpanIds | None = None,
     ) -> None:
         self.api = api
         self.capture_content = capture_content
         self._count = count
         self._request: tuple[Mapping[str, Any], Mapping[str, Any]] | None = (body, extra)
         self.attributes: dict[str, Any] = {}
-        self.span = tracer.start_span(attrs.span_name(api, body.get("model")), context=context, kind=SpanKind.CLIENT)
         self.outcome: str | None = None  # "ok", "failed" or "cancelled" once ended
+        self._tracer = tracer
+        self._name = attrs.span_name(api, body.get("model"))
+        self._context = context
+        self._ids = ids
+        self._started_ns = time.time_ns()
+        self._span: trace.Span | None = None
+        parent = trace.get_current_span(context).get_span_context()
+        self._chosen = ids.choose(parent) if ids is not None else None
+        self._new_trace = not parent.is_valid
+        if ids is None:
+            self._start()
+
+    @property
+    def span(self) -> trace.Span:
+        return self._start()
+
+    @property
+    def span_context(self) -> SpanContext:
+        """What goes upstream as `traceparent`: the span's context, started or not."""
+        return self._chosen if self._span is None and self._chosen is not None else self.span.get_span_context()
+
+    def _start(self) -> trace.Span:
+        if self._span is None:
+            if self._ids is not None and self._chosen is not None:
+                self._ids.use_next(self._chosen, self._new_trace)
+            self._span = self._tracer.start_span(
+                self._name, context=self._context, kind=SpanKind.CLIENT, start_time=self._started_ns
+            )
+        return self._span
 
     def describe(self) -> None:
         """The request's attributes (once; the body must not change until then): under what the call
         has recorded since, which is more specific."""
+        self._start()
         if self._request is None:
             return
         body, extra = self._request

@@ -4,6 +4,7 @@ session (a keep-alive pool) for everything that is not a model call."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable, Mapping
 
 import aiohttp
@@ -51,6 +52,7 @@ def split_base(base_url: str) -> tuple[str, str]:
     return base, ""
 
 
+@functools.lru_cache(maxsize=4096)  # the same few URLs on every call: parsed once
 def upstream_url(base_url: str, raw_path: str, query: str) -> URL:
     """The upstream's URL for a request's path and query, both as the caller sent them (still %-encoded)."""
     root, v1 = split_base(base_url)
@@ -61,9 +63,9 @@ def upstream_url(base_url: str, raw_path: str, query: str) -> URL:
     return URL(f"{url}?{query}" if query else url, encoded=True)
 
 
-def forwarded_headers(headers: Mapping[str, str], model_call: bool) -> CIMultiDict[str]:
+def forwarded_headers(headers: Mapping[str, str], model_call: bool) -> list[tuple[str, str]]:
     dropped = _NOT_FORWARDED_ON_MODEL_CALLS if model_call else _NOT_FORWARDED
-    return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in dropped)
+    return [(name, value) for name, value in headers.items() if name.lower() not in dropped]
 
 
 def returned_headers(headers: Iterable[tuple[str, str]], keep_encoding: bool = False) -> CIMultiDict[str]:
