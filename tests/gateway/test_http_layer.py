@@ -91,6 +91,27 @@ def test_a_streamed_answer_is_chunked_on_http_1_1():
     assert body == b"4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n"
 
 
+def test_a_head_request_gets_the_head_of_a_streamed_answer_and_no_body():
+    received = asyncio.run(_exchange(_echo, b"HEAD /stream HTTP/1.1\r\nHost: x\r\n\r\n"))
+    head, body = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b""
+
+
+def test_a_request_that_never_arrives_whole_is_closed_at_the_keepalive_timeout():
+    async def run() -> bytes:
+        sock = _listening()
+        server = HttpServer(_echo, keepalive_timeout_s=0.2)
+        await server.start(sock)
+        reader, writer = await asyncio.open_connection(*sock.getsockname())
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")  # 7 bytes short
+        closed = await asyncio.wait_for(reader.read(), 5)  # b"" once the server closes
+        writer.close()
+        await server.stop(grace_s=1)
+        return closed
+
+    assert asyncio.run(run()) == b""
+
+
 def test_a_caller_that_hangs_up_cancels_its_handler():
     cancelled = asyncio.Event()
 

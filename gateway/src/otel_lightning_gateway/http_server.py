@@ -7,7 +7,8 @@ took ~0.3 ms of CPU a call; with uvicorn's server ~0.45 ms, with aiohttp's ~0.55
 (benchmarks/gateway_overhead.py). What a proxy in front of a model server needs is here and nothing
 else: keep-alive, pipelined requests answered in order, `Expect: 100-continue`, whole or streamed
 (chunked) answers with flow control, the handler cancelled when its caller goes away, idle connections
-closed after `keepalive_timeout_s`, malformed requests answered 400 and closed.
+closed after `keepalive_timeout_s` (a request must arrive whole within it too), malformed requests
+answered 400 (a head over 256 KiB: 431) and closed.
 
     async def handler(request: Request, reply: Reply) -> None:
         reply.send(200, b'{"ok": true}', [("Content-Type", "application/json")])
@@ -161,7 +162,7 @@ class Reply:
             if self._chunked:
                 data = b"%x\r\n%b\r\n" % (len(data), data)
             self._connection.write(data)
-        if self._chunked:
+        if self._chunked and not self._no_body:
             self._connection.write(b"0\r\n\r\n")
         self.ended = True
         await self._connection.drain()
@@ -227,10 +228,7 @@ class HttpConnection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._begin()
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._begin()  # the idle timer runs on: a request must arrive whole within it (no slow trickles)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -256,6 +254,9 @@ class HttpConnection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         request = Request(
             method=self.parser.get_method().decode("latin-1"),
             raw_path=self.url.decode("latin-1"),

@@ -72,11 +72,6 @@ class ModelServerResponse:
         connection.buffered = 0
         return body
 
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
-
     def release(self) -> None:
         self._connection.release()
 
