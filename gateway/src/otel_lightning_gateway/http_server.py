@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
+import functools
 import logging
 import socket
 import time
@@ -68,6 +69,7 @@ class CallerGoneError(Exception):
     """The caller's connection closed before its answer was written."""
 
 
+@functools.lru_cache(maxsize=128)
 def _reason(status: int) -> str:
     try:
         return HTTPStatus(status).phrase

@@ -71,6 +71,7 @@ class ModelCalls:
         self.ids = ChosenSpanIds.install(tracer)
         self.stats = stats
         self.pool: ModelServerPool | None = None  # set in the serving loop
+        self.capture_content = capture_content_enabled()  # LIGHTNING_CAPTURE_CONTENT, read once: not on every call
         self._warned_unknown: set[str] = set()
 
     def _route(self, rollout_id: str | None) -> tuple[RolloutRoute | None, bool]:
@@ -90,7 +91,7 @@ class ModelCalls:
         return route, route is None
 
     def _span(self, api: str, body: dict[str, Any], context: Context, extra: dict[str, Any]) -> CallSpan:
-        return CallSpan(self.tracer, api, body, context, extra, capture_content_enabled(), self.stats.count, self.ids)
+        return CallSpan(self.tracer, api, body, context, extra, self.capture_content, self.stats.count, self.ids)
 
     def _refuse(self, call: CallSpan, status: int, message: str, kind: str) -> Answer:
         call.fail(kind, message)
