@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,11 +35,9 @@ class GatewayStats:
     upstream_unavailable: int = 0
     unknown_rollouts: int = 0
     proxied: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, name: str) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + 1)
+        setattr(self, name, getattr(self, name) + 1)  # only the gateway's loop thread counts: no lock
 
     def as_dict(self) -> dict[str, int]:
         return {key: value for key, value in vars(self).items() if not key.startswith("_")}

@@ -179,7 +179,10 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.waiting: collections.deque[Request] = collections.deque()  # pipelined, behind the current one
+        # One task per connection answers its requests in turn (a task per request costs more).
         self.task: asyncio.Task[None] | None = None
+        self.busy = False  # answering a request
+        self._arrived: asyncio.Future[None] | None = None  # set while the task waits for a request
         self._writable: asyncio.Future[None] | None = None  # set while the socket's buffer is full
         self._idle_timer: asyncio.TimerHandle | None = None
         self._begin()
@@ -196,6 +199,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
+        self.task = asyncio.get_running_loop().create_task(self._serve())
         self._idle()
 
     def data_received(self, data: bytes) -> None:
@@ -269,17 +273,33 @@ class HttpConnection(asyncio.Protocol):
         )
         self._begin()
         self.waiting.append(request)
-        if self.task is None:
-            self._next()
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
 
     # --- handling -------------------------------------------------------------------------------
 
-    def _next(self) -> None:
-        if self.waiting and not self.lost:
-            request = self.waiting.popleft()
-            self.task = asyncio.get_running_loop().create_task(self._handle(request))
+    async def _serve(self) -> None:
+        """Answer the connection's requests in the order they came, until it closes."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.lost:
+                if not self.waiting:
+                    self._arrived = loop.create_future()
+                    await self._arrived
+                    continue
+                self.busy = True
+                kept = await self._handle(self.waiting.popleft())
+                self.busy = False
+                if not kept:
+                    self.close()
+                    return
+                if not self.waiting:
+                    self._idle()
+        except asyncio.CancelledError:  # the connection is gone, or the server is stopping
+            pass
 
-    async def _handle(self, request: Request) -> None:
+    async def _handle(self, request: Request) -> bool:
+        """Whether the connection goes on after this answer."""
         reply = Reply(self, request)
         try:
             await self.server.handler(request, reply)
@@ -287,23 +307,13 @@ class HttpConnection(asyncio.Protocol):
                 raise RuntimeError("the handler gave no answer")
             await reply.end()
         except (asyncio.CancelledError, CallerGoneError):
-            request.keep_alive = False  # the caller is gone (or the server is stopping)
+            return False  # the caller is gone (or the server is stopping)
         except Exception:
             logger.exception("error handling %s %s", request.method, request.path)
             if reply.started:
-                request.keep_alive = False  # a half-written answer: the caller sees the connection close
-            else:
-                reply = Reply(self, request)
-                reply.send(500, b"Internal Server Error", [("Content-Type", "text/plain")])
-        finally:
-            self.task = None
-            if not request.keep_alive:
-                self.close()
-            elif not self.lost:
-                if self.waiting:
-                    self._next()
-                else:
-                    self._idle()
+                return False  # a half-written answer: the caller sees the connection close
+            Reply(self, request).send(500, b"Internal Server Error", [("Content-Type", "text/plain")])
+        return request.keep_alive and not self.lost
 
     def _idle(self) -> None:
         timeout = self.server.keepalive_timeout_s
@@ -313,7 +323,7 @@ class HttpConnection(asyncio.Protocol):
     def _refuse(self, status: int, message: str) -> None:
         """A request the parser cannot read: answered (if nothing is being answered) and the connection closed."""
         logger.warning("refused a request from %s: %s", self.peer(), message)
-        if self.task is None and self.transport is not None and not self.transport.is_closing():
+        if not self.busy and self.transport is not None and not self.transport.is_closing():
             body = message.encode()
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
@@ -359,7 +369,7 @@ class HttpServer:
         if self._server is not None:
             self._server.close()
         deadline = time.monotonic() + grace_s
-        while any(connection.task is not None for connection in self.connections):
+        while any(connection.busy for connection in self.connections):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
