@@ -1,6 +1,8 @@
 """One model call through the gateway: the request made ready (translated, rewritten, asking for token
-ids), sent upstream on a kept-alive connection, the call's span ended, and the answer given back as the
-caller would have had it.
+ids), sent upstream on a kept-alive connection, the answer given back as the caller would have had it,
+and the call's span ended. The caller waits for as little of the span as can be: it starts while the
+model server works and, for a whole answer, ends right after the caller has it (a rollout's end waits
+for it: `RouteTable.unregister`); a stream's span ends before its last bytes go.
 """
 
 from __future__ import annotations
