@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -205,15 +207,38 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+@contextlib.contextmanager
+def pinned(processes: dict[str, psutil.Process], pin: bool) -> Iterator[None]:
+    """With `pin`: the proxies on the last core, the caller (this process) and the stub on the others,
+    for as long as it lasts; then every process may run anywhere again. One call at a time, three
+    processes on two cores otherwise meet wherever the scheduler puts them, and which of them waits for
+    a core moves every figure by more than a proxy costs."""
+    if not pin:
+        yield
+        return
+    cores = sorted(psutil.Process().cpu_affinity())
+    if len(cores) < 2:
+        raise SystemExit("--pin needs at least 2 cores")
+    everyone = [psutil.Process(), *processes.values()]
+    for process in everyone:
+        is_proxy = process.pid not in (os.getpid(), processes["direct"].pid)
+        process.cpu_affinity(cores[-1:] if is_proxy else cores[:-1])
+    try:
+        yield
+    finally:
+        for process in everyone:
+            process.cpu_affinity(cores)
+
+
 def latencies(
-    bases: dict[str, str], stream: bool, calls: int, rounds: int, processes: dict[str, psutil.Process]
+    bases: dict[str, str], stream: bool, calls: int, rounds: int, processes: dict[str, psutil.Process], pin: bool
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Per way, every call's seconds (the ways alternate by round so drift in the machine's load hits
     both), and CPU seconds per call of the process that answers it (the stub directly, the gateway in
     front of it): what each costs, whatever the load."""
     found: dict[str, list[float]] = {way: [] for way in bases}
     cpu = dict.fromkeys(bases, 0.0)
-    with httpx.Client(timeout=30) as client:
+    with pinned(processes, pin), httpx.Client(timeout=30) as client:
         for base in bases.values():  # warm up: connections, imports, first-call paths
             for _ in range(20):
                 one_call(client, base, stream)
@@ -334,6 +359,11 @@ def main() -> None:
         action="store_true",
         help="add rows for the gateway's former stacks (aiohttp; uvicorn + httpx), bare",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="for the latency figures, the proxies on the last core and the caller and stub on the others",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object of figures on the last line")
     parser.add_argument("--serve-gateway", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
@@ -367,7 +397,7 @@ def main() -> None:
         processes = {way: psutil.Process(child.pid) for way, child in children.items()}
         figures: dict[str, dict[str, dict[str, float]]] = {}
         for mode, stream in (("plain", False), ("streamed", True)):
-            found, cpu_per_call = latencies(bases, stream, args.calls, args.rounds, processes)
+            found, cpu_per_call = latencies(bases, stream, args.calls, args.rounds, processes, args.pin)
             rates = asyncio.run(throughputs(bases, stream, args.concurrency, args.seconds, args.rounds))
             figures[mode] = figures_of(found, cpu_per_call, rates)
     finally:
@@ -375,11 +405,13 @@ def main() -> None:
             child.terminate()
             child.wait(10)
     if args.json:
-        print(json.dumps({"concurrency": args.concurrency, **figures}))
+        print(json.dumps({"concurrency": args.concurrency, "pinned": args.pin, **figures}))
         return
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load}")
-    print(f"{args.calls} calls per way for latency, {args.concurrency} callers x {args.seconds:g} s for throughput")
+    pinning = " (pinned: proxies on their own core)" if args.pin else ""
+    throughput = f"{args.concurrency} callers x {args.seconds:g} s for throughput"
+    print(f"{args.calls} calls per way for latency{pinning}, {throughput}")
     print_table(figures)
 
 
