@@ -216,6 +216,40 @@ def test_a_kept_connection_the_server_closed_is_replaced_without_losing_the_call
     assert len(answered) == 3  # each call reached the server exactly once
 
 
+def test_a_kept_connection_that_hears_from_the_server_while_idle_is_not_reused():
+    """Some servers say "408" on an idle connection before they hang up: that connection is done."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def run() -> list[int]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions")
+        pool = ModelServerPool(connect_timeout_s=3, read_timeout_s=5)
+        statuses = []
+        for _ in range(2):
+            response = await _post(pool, url)
+            statuses.append(response.status)
+            assert await response.read() == b"ok"
+            response.release()
+            await asyncio.sleep(0.2)  # the 408 arrives while the connection is idle
+        server.close()
+        return statuses
+
+    assert asyncio.run(run()) == [200, 200]
+    assert len(connections) == 2
+
+
 def test_a_connection_is_kept_and_reused_between_calls():
     async def run() -> int:
         connections: list[int] = []

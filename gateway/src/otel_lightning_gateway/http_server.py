@@ -253,7 +253,9 @@ class HttpConnection(asyncio.Protocol):
         self.request_headers = headers
         version = self.parser.get_http_version()
         expect = headers.get("Expect")
-        if expect is not None and expect.lower() == "100-continue" and version == "1.1" and self.transport:
+        # Not in the middle of another answer (pipelined): the caller then sends its body after its own wait.
+        idle = not self.busy and not self.waiting
+        if expect is not None and expect.lower() == "100-continue" and version == "1.1" and idle and self.transport:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # or curl waits a second before the body
 
     def on_body(self, body: bytes) -> None:

@@ -89,7 +89,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.idle_since = time.monotonic()
-        self.reused = False  # has answered a request before (a stale keep-alive may close under the next)
         self._reset()
 
     def _reset(self) -> None:
@@ -213,7 +212,6 @@ class _Connection(asyncio.Protocol):
         """Back to the pool if the answer was read to its end and the server keeps the connection."""
         if self.complete and self.keep_alive and not self.lost and not self.pieces:
             self._reset()
-            self.reused = True
             self.pool.keep(self)
         else:
             self.close()
@@ -321,7 +319,8 @@ class ModelServerPool:
         now = time.monotonic()
         while idle:
             connection = idle.pop()
-            if not connection.lost and now - connection.idle_since < IDLE_TIMEOUT_S:
+            # Bytes on an idle connection (a server's "408" before it hangs up) make it unusable.
+            if not connection.lost and not connection.received_any and now - connection.idle_since < IDLE_TIMEOUT_S:
                 return connection
             connection.close()
         return None
