@@ -221,7 +221,7 @@ class HttpConnection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()  # the caller went away: its call stops (the model server's too)
         if self._writable is not None and not self._writable.done():
-            self._writable.set_exception(CallerGoneError("the caller closed the connection"))
+            self._writable.set_result(None)  # a writer waiting for room finds the connection lost
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
@@ -349,6 +349,8 @@ class HttpConnection(asyncio.Protocol):
             raise CallerGoneError("the caller closed the connection")
         if self._writable is not None and not self._writable.done():
             await self._writable
+            if self.lost:
+                raise CallerGoneError("the caller closed the connection")
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
