@@ -118,9 +118,6 @@ class _Connection(asyncio.Protocol):
             self._fail(ModelServerError(f"the model server's answer is not valid HTTP/1.1: {error}"))
             self.close()
 
-    def eof_received(self) -> bool:
-        return False  # close our side too
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if not self.complete and self.until_close and exc is None:
@@ -129,12 +126,6 @@ class _Connection(asyncio.Protocol):
         if not self.complete:
             detail = f": {exc}" if exc is not None else ""
             self._fail(ModelServerDisconnectedError(f"the model server closed the connection mid-answer{detail}"))
-
-    def pause_writing(self) -> None:  # the request is written in one piece: nothing to hold back
-        pass
-
-    def resume_writing(self) -> None:
-        pass
 
     # --- httptools callbacks ------------------------------------------------------------------
 

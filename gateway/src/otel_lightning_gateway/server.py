@@ -28,8 +28,9 @@ _SCOPE = "otel_lightning_gateway"
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run the gateway's loop to the end: uvloop's where it is installed (a third less CPU a call than
-    asyncio's), in this thread only, whatever loop the rest of the process uses."""
+    """Run the gateway's loop to the end: uvloop's where it is installed (less CPU a call than asyncio's:
+    ~30% for a bare aiohttp proxy in one measurement, a few % for the gateway), in this thread only,
+    whatever loop the rest of the process uses."""
     try:
         import uvloop
     except ImportError:  # Windows
