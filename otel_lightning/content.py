@@ -38,16 +38,17 @@ def redacted(value: Any) -> Any:
     pattern = redaction_pattern()
     if pattern is None:
         return value
-    return _redact(value, pattern)
+    return redact(value, pattern)
 
 
-def _redact(value: Any, pattern: re.Pattern[str]) -> Any:
+def redact(value: Any, pattern: re.Pattern[str]) -> Any:
+    """`redacted` with a pattern already read (the gateway reads it once, not on every call)."""
     if isinstance(value, str):
         return pattern.sub(REDACTED, value)
     if isinstance(value, dict):
-        return {key: _redact(item, pattern) for key, item in value.items()}
+        return {key: redact(item, pattern) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_redact(item, pattern) for item in value]
+        return [redact(item, pattern) for item in value]
     return value
 
 

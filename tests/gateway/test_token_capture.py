@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from otel_lightning import semconv
+from otel_lightning_gateway import Gateway
 from tests.gateway.support import CALCULATOR, QUESTION, llm_spans, sse_data, token_ids, upstream_ids, without_ids
 
 
@@ -172,3 +173,30 @@ def test_a_caller_that_expects_100_continue_is_told_to_go_on(gateway):
         while b"The answer is 42." not in answer:
             answer += sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_content_settings_are_read_when_the_gateway_starts(monkeypatch, vllm_stub, gateway_provider, gateway_exporter):
+    """LIGHTNING_REDACT_PATTERN blanks matches in the span's messages (the caller's answer is untouched);
+    LIGHTNING_CAPTURE_CONTENT=false keeps messages off the span but the token ids on it. Both are read
+    once, when the gateway is made (not on every call)."""
+    secret = [{"role": "user", "content": "Mail bob@example.com the sum of 6*7."}]
+    monkeypatch.setenv("LIGHTNING_REDACT_PATTERN", r"[\w.+-]+@[\w-]+\.\w+")
+    with Gateway(vllm_stub.base_url, tracer_provider=gateway_provider) as gateway:
+        monkeypatch.delenv("LIGHTNING_REDACT_PATTERN")  # too late for this gateway
+        client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+        client.chat.completions.create(model="m", messages=secret)
+        (span,) = llm_spans(gateway_exporter)
+    assert json.loads(span.attributes[semconv.GEN_AI_INPUT_MESSAGES]) == [
+        {"role": "user", "content": "Mail [REDACTED] the sum of 6*7."}
+    ]
+    assert vllm_stub.received[-1][1]["messages"] == secret
+
+    gateway_exporter.clear()
+    monkeypatch.setenv("LIGHTNING_CAPTURE_CONTENT", "false")
+    with Gateway(vllm_stub.base_url, tracer_provider=gateway_provider) as gateway:
+        client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+        client.chat.completions.create(model="m", messages=secret)
+        (span,) = llm_spans(gateway_exporter)
+    assert semconv.GEN_AI_INPUT_MESSAGES not in span.attributes
+    assert semconv.GEN_AI_OUTPUT_MESSAGES not in span.attributes
+    assert list(span.attributes[semconv.RESPONSE_TOKEN_IDS]) == upstream_ids(vllm_stub.received[-1][1])[1]

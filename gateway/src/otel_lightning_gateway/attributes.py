@@ -6,13 +6,15 @@ RL needs beyond them. Messages are JSON in the OpenAI chat message form, as the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from otel_lightning import semconv
-from otel_lightning.content import redacted
+from otel_lightning.content import capture_content_enabled, redact, redaction_pattern
 from otel_lightning.openai_messages import chat_output_message, responses_output_message
 
 CHAT = "chat.completions"
@@ -22,8 +24,20 @@ RESPONSES = "responses"
 _OPERATION = {CHAT: "chat", RESPONSES: "chat", COMPLETIONS: "text_completion"}
 
 
-def dumps(value: Any) -> str:
-    return orjson.dumps(redacted(value)).decode()
+@dataclass(frozen=True)
+class ContentCapture:
+    """Content (messages, tools) goes on spans, as JSON, with LIGHTNING_REDACT_PATTERN's matches blanked.
+    `from_env` reads LIGHTNING_CAPTURE_CONTENT and the pattern once per gateway: not on every call."""
+
+    redaction: re.Pattern[str] | None = None
+
+    @classmethod
+    def from_env(cls) -> ContentCapture | None:
+        """None when LIGHTNING_CAPTURE_CONTENT is off."""
+        return cls(redaction_pattern()) if capture_content_enabled() else None
+
+    def dumps(self, value: Any) -> str:
+        return orjson.dumps(value if self.redaction is None else redact(value, self.redaction)).decode()
 
 
 def span_name(api: str, model: Any) -> str:
@@ -45,7 +59,7 @@ def input_messages(api: str, body: Mapping[str, Any]) -> list[Any]:
     return messages
 
 
-def request_attributes(api: str, body: Mapping[str, Any], capture_content: bool) -> dict[str, Any]:
+def request_attributes(api: str, body: Mapping[str, Any], content: ContentCapture | None) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         semconv.SPAN_KIND: semconv.SPAN_KIND_LLM,
         semconv.LLM_SOURCE: semconv.LLM_SOURCE_GATEWAY,
@@ -70,10 +84,10 @@ def request_attributes(api: str, body: Mapping[str, Any], capture_content: bool)
         if isinstance(value, int) and not isinstance(value, bool):
             attributes[semconv.GEN_AI_REQUEST_MAX_TOKENS] = value
             break
-    if capture_content:
-        attributes[semconv.GEN_AI_INPUT_MESSAGES] = dumps(input_messages(api, body))
+    if content is not None:
+        attributes[semconv.GEN_AI_INPUT_MESSAGES] = content.dumps(input_messages(api, body))
         if body.get("tools"):
-            attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = dumps(body["tools"])
+            attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = content.dumps(body["tools"])
     return attributes
 
 
@@ -89,7 +103,7 @@ def _floats(values: list[Any]) -> list[float]:
     return [float(value) for value in values if isinstance(value, (int, float)) and not isinstance(value, bool)]
 
 
-def response_attributes(api: str, response: Mapping[str, Any], capture_content: bool) -> dict[str, Any]:
+def response_attributes(api: str, response: Mapping[str, Any], content: ContentCapture | None) -> dict[str, Any]:
     """Attributes of a finished answer: a chat completion, a completion or a Responses object (streamed
     answers are accumulated into the same shape first)."""
     attributes: dict[str, Any] = {}
@@ -132,6 +146,6 @@ def response_attributes(api: str, response: Mapping[str, Any], capture_content: 
         if logprobs and len(logprobs) == len(response_ids):  # the collector wants one per token, or none
             attributes[semconv.RESPONSE_LOGPROBS] = logprobs
     attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = [str(o.get("finish_reason")) for o in outputs]
-    if capture_content:
-        attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = dumps(outputs)
+    if content is not None:
+        attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = content.dumps(outputs)
     return attributes

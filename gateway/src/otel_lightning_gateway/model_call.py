@@ -15,17 +15,15 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan
 
 from otel_lightning import semconv
-from otel_lightning.content import capture_content_enabled
 from otel_lightning_gateway import attributes as attrs
 from otel_lightning_gateway import one_piece, responses_translation, upstream
 from otel_lightning_gateway import relay as relays
 from otel_lightning_gateway.config import GatewayConfig, GatewayStats
 from otel_lightning_gateway.http_server import CallerGoneError, Reply, Request
 from otel_lightning_gateway.model_server_client import ModelServerPool, ModelServerResponse
-from otel_lightning_gateway.recording import TRACE_CONTEXT, CallSpan, identity_attributes, parent_context
+from otel_lightning_gateway.recording import CallSpan, identity_attributes, parent_context, trace_headers
 from otel_lightning_gateway.routes import RolloutRoute, RouteTable
 from otel_lightning_gateway.span_ids import ChosenSpanIds
 from otel_lightning_gateway.token_options import Asked, ask_for_tokens, strip
@@ -73,7 +71,7 @@ class ModelCalls:
         self.ids = ChosenSpanIds.install(tracer)
         self.stats = stats
         self.pool: ModelServerPool | None = None  # set in the serving loop
-        self.capture_content = capture_content_enabled()  # LIGHTNING_CAPTURE_CONTENT, read once: not on every call
+        self.content = attrs.ContentCapture.from_env()  # LIGHTNING_CAPTURE_CONTENT & co, read once
         self._warned_unknown: set[str] = set()
 
     def _route(self, rollout_id: str | None) -> tuple[RolloutRoute | None, bool]:
@@ -93,7 +91,7 @@ class ModelCalls:
         return route, route is None
 
     def _span(self, api: str, body: dict[str, Any], context: Context, extra: dict[str, Any]) -> CallSpan:
-        return CallSpan(self.tracer, api, body, context, extra, self.capture_content, self.stats.count, self.ids)
+        return CallSpan(self.tracer, api, body, context, extra, self.content, self.stats.count, self.ids)
 
     def _refuse(self, call: CallSpan, status: int, message: str, kind: str) -> Answer:
         call.fail(kind, message)
@@ -171,11 +169,7 @@ class ModelCalls:
         headers = upstream.forwarded_headers(request.headers, model_call=True)
         headers += _MODEL_CALL_HEADERS
         # The call's span as the upstream's parent (the caller's baggage header, if any, went on as it was).
-        trace_headers: dict[str, str] = {}
-        TRACE_CONTEXT.inject(
-            trace_headers, context=trace.set_span_in_context(NonRecordingSpan(call.span_context), Context())
-        )
-        headers += trace_headers.items()
+        headers += trace_headers(call.span_context)
         streamed = bool(body.get("stream"))
         sent = body
         if streamed and not self.config.upstream_streams:  # asked in one piece, streamed to the caller from it

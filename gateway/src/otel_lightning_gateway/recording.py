@@ -26,8 +26,7 @@ from otel_lightning_gateway.span_ids import ChosenSpanIds
 logger = logging.getLogger(__name__)
 
 # W3C trace context and baggage, whatever the process's global propagator is configured to.
-TRACE_CONTEXT = TraceContextTextMapPropagator()
-PROPAGATOR = CompositePropagator([TRACE_CONTEXT, W3CBaggagePropagator()])
+PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
 _BAGGAGE_ATTRIBUTES = (
     (semconv.BAGGAGE_ROLLOUT_ID, semconv.ROLLOUT_ID),
@@ -41,12 +40,27 @@ _BAGGAGE_ATTRIBUTES = (
 def parent_context(headers: Mapping[str, str], route: RolloutRoute | None) -> Context:
     """The caller's span when the request carries `traceparent`, else the rollout's span, else none
     (a new trace); the request's baggage rides along either way."""
-    context = PROPAGATOR.extract(headers) if ("traceparent" in headers or "baggage" in headers) else Context()
-    if trace.get_current_span(context).get_span_context().is_valid:
-        return context
+    if "traceparent" in headers or "baggage" in headers:
+        context = PROPAGATOR.extract(headers)
+        if trace.get_current_span(context).get_span_context().is_valid:
+            return context
+    else:
+        context = Context()  # most calls: nothing to extract, and no span in it
     if route is not None and route.parent is not None and route.parent.is_valid:
         return trace.set_span_in_context(NonRecordingSpan(route.parent), context)
     return context
+
+
+def trace_headers(span_context: SpanContext) -> list[tuple[str, str]]:
+    """`traceparent` (and `tracestate`) naming `span_context` as the parent, as the W3C propagator's
+    `inject` writes them, without the context and span objects it needs around them (once a call)."""
+    if not span_context.is_valid:
+        return []
+    ids = f"{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+    headers = [("traceparent", f"00-{ids}")]
+    if span_context.trace_state:
+        headers.append(("tracestate", span_context.trace_state.to_header()))
+    return headers
 
 
 def identity_attributes(
@@ -129,12 +143,12 @@ class CallSpan:
         body: Mapping[str, Any],
         context: Context,
         extra: Mapping[str, Any],
-        capture_content: bool,
+        content: attrs.ContentCapture | None,
         count: Callable[[str], None] | None = None,
         ids: ChosenSpanIds | None = None,
     ) -> None:
         self.api = api
-        self.capture_content = capture_content
+        self.content = content
         self._count = count
         self._request: tuple[Mapping[str, Any], Mapping[str, Any]] | None = (body, extra)
         self.attributes: dict[str, Any] = {}
@@ -178,7 +192,7 @@ class CallSpan:
         body, extra = self._request
         self._request = None
         try:
-            described = attrs.request_attributes(self.api, body, self.capture_content)
+            described = attrs.request_attributes(self.api, body, self.content)
         except Exception:
             logger.warning("could not record the request on the gateway span", exc_info=True)
             described = {}
@@ -190,7 +204,7 @@ class CallSpan:
         """Read the answer's attributes now (before the caller's copy of it is changed); `answered_as`:
         the API whose shape `response` has, when it is not the span's."""
         try:
-            self.attributes.update(attrs.response_attributes(answered_as or self.api, response, self.capture_content))
+            self.attributes.update(attrs.response_attributes(answered_as or self.api, response, self.content))
         except Exception:
             logger.warning("could not record the model's answer on the gateway span", exc_info=True)
 
