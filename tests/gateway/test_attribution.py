@@ -135,10 +135,12 @@ def test_a_rollout_id_that_needs_quoting_in_its_url_is_read_back_whole(gateway, 
 
 
 class _TraceRecordingModelServer(http.server.ThreadingHTTPServer):
-    """A model server that answers every chat call the same and keeps each request's `traceparent`."""
+    """A model server that answers every chat call the same and keeps each request's `traceparent`
+    and `tracestate`."""
 
     def __init__(self) -> None:
         self.traceparents: list[str | None] = []
+        self.tracestates: list[str | None] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -147,6 +149,7 @@ class _TraceRecordingModelServer(http.server.ThreadingHTTPServer):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 server.traceparents.append(self.headers.get("traceparent"))
+                server.tracestates.append(self.headers.get("tracestate"))
                 body = json.dumps(
                     {
                         "id": "c1",
@@ -178,6 +181,7 @@ def test_the_model_server_is_told_the_calls_span_as_its_parent(gateway_provider,
     if from_caller:
         with TracerProvider().get_tracer("agent").start_as_current_span("agent step"):
             TraceContextTextMapPropagator().inject(headers)
+        headers["tracestate"] = "vendor=abc,other=1"  # the caller's trace state goes on with its trace
     try:
         with Gateway(f"http://127.0.0.1:{model_server.server_address[1]}/v1", tracer_provider=gateway_provider) as gw:
             assert _ask(gw.base_url, headers) == "42"
@@ -186,6 +190,7 @@ def test_the_model_server_is_told_the_calls_span_as_its_parent(gateway_provider,
     (span,) = llm_spans(gateway_exporter)
     context = span.get_span_context()
     assert model_server.traceparents == [f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"]
+    assert model_server.tracestates == ["vendor=abc,other=1" if from_caller else None]
     if from_caller:
         assert headers["traceparent"].split("-")[1] == f"{context.trace_id:032x}"
     assert span.start_time <= span.end_time
