@@ -9,6 +9,9 @@ gateway's own stack (its HTTP/1.1 server and model-server client on uvloop) pass
 recording nothing: the floor any proxy on this stack costs, against which the gateway's own work shows.
 `--old-stack` adds the stacks the gateway had before, bare: aiohttp's server and client, and uvicorn
 with one pooled httpx client.
+`--burn-control MS` adds a control: the bare proxy spinning MS ms of CPU after each answer, off the
+caller's path. Next to the gateway (give it the gateway's CPU per call minus the bare proxy's), it shows
+how much of the gateway's throughput figure is its CPU alone, taken from the callers' and stub's cores.
 The callers are httpx clients, as openai-python is.
 
 Latency: one call at a time over a kept-alive connection, the ways alternating by round; "added" =
@@ -17,7 +20,7 @@ a loaded machine wall-clock figures include waiting for a core; CPU figures do n
 `--concurrency` callers for `--seconds` per way, in `--rounds` bursts alternating between the ways.
 
     python benchmarks/gateway_overhead.py [--calls 300] [--rounds 5] [--concurrency 8] [--seconds 5]
-                                          [--old-stack] [--json]
+                                          [--old-stack] [--pin] [--burn-control MS] [--json]
 """
 
 from __future__ import annotations
@@ -65,9 +68,10 @@ def serve_gateway(port: int, upstream: str) -> None:
     Gateway(upstream, tracer_provider=provider, port=port).serve_forever()
 
 
-def serve_bare_proxy(port: int, upstream: str) -> None:
+def serve_bare_proxy(port: int, upstream: str, burn_ms: float = 0.0) -> None:
     """The floor: the gateway's own stack (its HTTP/1.1 server and model-server client, on uvloop)
-    passing bodies through, nothing parsed and nothing recorded."""
+    passing bodies through, nothing parsed and nothing recorded. With `burn_ms` (`--burn-control`), it
+    spins that much CPU after each answer has gone: a control for what CPU alone costs the others."""
     from yarl import URL
 
     from otel_lightning_gateway.http_server import HttpServer, Reply, Request
@@ -76,6 +80,11 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
 
     pool = ModelServerPool(connect_timeout_s=3, read_timeout_s=600)
     headers = [("Content-Type", "application/json")]
+
+    def burn() -> None:
+        until = time.thread_time() + burn_ms / 1000
+        while time.thread_time() < until:
+            pass
 
     async def handle(request: Request, reply: Reply) -> None:
         if request.method == "GET":  # /v1/models, to see it is up
@@ -87,11 +96,13 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
             body = await answer.read()
             answer.release()
             reply.send(answer.status, body, [("Content-Type", kind)])
+            burn()
             return
         await reply.start(answer.status, [("Content-Type", kind)])
         async for data in answer.iter_any():
             await reply.write(data)
         answer.release()
+        burn()
 
     async def serve() -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -272,25 +283,29 @@ async def burst(client: httpx.AsyncClient, base_url: str, stream: bool, concurre
 
 async def throughputs(
     bases: dict[str, str], stream: bool, concurrency: int, seconds: float, rounds: int
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """Calls/s per way: `seconds` each, in `rounds` bursts alternating between the ways (as the latency
-    figures do), each way with its own kept-alive client."""
+    figures do), each way with its own kept-alive client; and the callers' CPU seconds per call (they
+    share this process, and its one core is what bounds the bursts)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     clients = {way: httpx.AsyncClient(timeout=30, limits=limits) for way in bases}
     done = dict.fromkeys(bases, 0)
     spent = dict.fromkeys(bases, 0.0)
+    callers_cpu = dict.fromkeys(bases, 0.0)
+    me = psutil.Process()
     try:
         for way, base in bases.items():  # warm up: the connections
             await burst(clients[way], base, stream, concurrency, 0.2)
         for _ in range(rounds):
             for way, base in bases.items():
-                began = time.perf_counter()
+                began, cpu_before = time.perf_counter(), cpu_seconds(me)
                 done[way] += await burst(clients[way], base, stream, concurrency, seconds / rounds)
                 spent[way] += time.perf_counter() - began
+                callers_cpu[way] += cpu_seconds(me) - cpu_before
     finally:
         for client in clients.values():
             await client.aclose()
-    return {way: done[way] / spent[way] for way in bases}
+    return {way: done[way] / spent[way] for way in bases}, {way: callers_cpu[way] / done[way] for way in bases}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -305,9 +320,11 @@ PROXIES = {
 OLD_STACKS = {"aiohttp proxy": "--serve-aiohttp-proxy", "uvicorn proxy": "--serve-uvicorn-proxy"}
 
 
-def figures_of(found: dict[str, list[float]], cpu_per_call: dict[str, float], rates: dict[str, float]) -> dict:
+def figures_of(
+    found: dict[str, list[float]], cpu_per_call: dict[str, float], rates: dict[str, float], callers: dict[str, float]
+) -> dict:
     """Per way: p50/p99 added over direct (ms), CPU ms per call of the answering process, calls/s and its
-    ratio to direct."""
+    ratio to direct, and the callers' CPU ms per call in the throughput bursts."""
     p50 = {way: percentile(values, 50) * 1000 for way, values in found.items()}
     p99 = {way: percentile(values, 99) * 1000 for way, values in found.items()}
     out: dict[str, dict[str, float]] = {}
@@ -320,26 +337,29 @@ def figures_of(found: dict[str, list[float]], cpu_per_call: dict[str, float], ra
             "cpu_ms_per_call": round(cpu_per_call[way] * 1000, 3),
             "calls_per_s": round(rates[way]),
             "throughput_ratio": round(rates[way] / rates["direct"], 2),
+            "callers_cpu_ms_per_call": round(callers[way] * 1000, 3),
         }
     return out
 
 
 def print_table(figures: dict[str, dict[str, dict[str, float]]]) -> None:
-    print("| mode | way | p50 added | p99 added | CPU per call | calls/s (of direct) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| mode | way | p50 added | p99 added | CPU per call | calls/s (of direct) | callers' CPU per call |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for mode, ways in figures.items():
         for way, f in ways.items():
             if way == "direct":
                 print(
                     f"| {mode} | direct (p50 {f['p50_ms']:.2f} ms) | | | {f['cpu_ms_per_call']:.2f} ms"
-                    f" | {f['calls_per_s']:,} |"
+                    f" | {f['calls_per_s']:,} | {f['callers_cpu_ms_per_call']:.2f} ms |"
                 )
                 continue
             print(
                 f"| {mode} | {way} | {f['added_p50_ms']:.2f} ms | {f['added_p99_ms']:.2f} ms"
-                f" | {f['cpu_ms_per_call']:.2f} ms | {f['calls_per_s']:,} ({f['throughput_ratio']:.2f}) |"
+                f" | {f['cpu_ms_per_call']:.2f} ms | {f['calls_per_s']:,} ({f['throughput_ratio']:.2f})"
+                f" | {f['callers_cpu_ms_per_call']:.2f} ms |"
             )
     print("CPU per call: of the process that answers (direct: the stub; otherwise the proxy alone).")
+    print("Callers' CPU per call: of the one process whose callers make the throughput bursts (its core bounds them).")
     plain = figures["plain"]["gateway"]
     for goal, value, met in (
         ("plain p50 added < 1 ms", f"{plain['added_p50_ms']:.2f} ms", plain["added_p50_ms"] < 1.0),
@@ -364,9 +384,15 @@ def main() -> None:
         action="store_true",
         help="for the latency figures, the proxies on the last core and the caller and stub on the others",
     )
+    parser.add_argument(
+        "--burn-control",
+        type=float,
+        metavar="MS",
+        help="add a control way: the bare proxy spinning MS ms of CPU after each answer (what CPU alone costs)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object of figures on the last line")
     parser.add_argument("--serve-gateway", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
-    parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare-proxy", nargs="+", metavar="PORT UPSTREAM [BURN_MS]", help=argparse.SUPPRESS)
     parser.add_argument("--serve-aiohttp-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-uvicorn-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -377,19 +403,21 @@ def main() -> None:
         (args.serve_uvicorn_proxy, serve_uvicorn_proxy),
     ):
         if given:
-            return serve(int(given[0]), given[1])
+            return serve(int(given[0]), given[1], *map(float, given[2:]))
 
-    proxies = dict(PROXIES)
+    proxies: dict[str, list[str]] = {way: [flag] for way, flag in PROXIES.items()}
     if args.old_stack:
-        proxies.update(OLD_STACKS)
+        proxies.update({way: [flag] for way, flag in OLD_STACKS.items()})
+    if args.burn_control is not None:
+        proxies[f"bare proxy + {args.burn_control:g} ms CPU"] = ["--serve-bare-proxy", str(args.burn_control)]
     stub_port = free_port()
     upstream = f"http://127.0.0.1:{stub_port}/v1"
     stub = [sys.executable, "-m", "otel_lightning.testing.openai_stub", "--port", str(stub_port)]
     children = {"direct": subprocess.Popen(stub, stdout=subprocess.DEVNULL)}
     bases = {"direct": upstream}
-    for way, flag in proxies.items():
+    for way, (flag, *extra) in proxies.items():
         port = free_port()
-        children[way] = subprocess.Popen([sys.executable, __file__, flag, str(port), upstream], cwd=ROOT)
+        children[way] = subprocess.Popen([sys.executable, __file__, flag, str(port), upstream, *extra], cwd=ROOT)
         bases[way] = f"http://127.0.0.1:{port}/v1"
     try:
         for base in bases.values():
@@ -398,8 +426,8 @@ def main() -> None:
         figures: dict[str, dict[str, dict[str, float]]] = {}
         for mode, stream in (("plain", False), ("streamed", True)):
             found, cpu_per_call = latencies(bases, stream, args.calls, args.rounds, processes, args.pin)
-            rates = asyncio.run(throughputs(bases, stream, args.concurrency, args.seconds, args.rounds))
-            figures[mode] = figures_of(found, cpu_per_call, rates)
+            rates, callers = asyncio.run(throughputs(bases, stream, args.concurrency, args.seconds, args.rounds))
+            figures[mode] = figures_of(found, cpu_per_call, rates, callers)
     finally:
         for child in children.values():
             child.terminate()
