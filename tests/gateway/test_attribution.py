@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -141,6 +142,7 @@ class _TraceRecordingModelServer(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         self.traceparents: list[str | None] = []
         self.tracestates: list[str | None] = []
+        self.received_ns: list[int] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -150,6 +152,7 @@ class _TraceRecordingModelServer(http.server.ThreadingHTTPServer):
                 self.rfile.read(int(self.headers["Content-Length"]))
                 server.traceparents.append(self.headers.get("traceparent"))
                 server.tracestates.append(self.headers.get("tracestate"))
+                server.received_ns.append(time.time_ns())
                 body = json.dumps(
                     {
                         "id": "c1",
@@ -174,7 +177,8 @@ class _TraceRecordingModelServer(http.server.ThreadingHTTPServer):
 
 @pytest.mark.parametrize("from_caller", [False, True], ids=["new-trace", "callers-trace"])
 def test_the_model_server_is_told_the_calls_span_as_its_parent(gateway_provider, gateway_exporter, from_caller):
-    """The span starts while the model server works, but the model server still gets its exact context."""
+    """The span is started by the SDK after the call, but the model server still gets its exact context,
+    and the span's times still hold the model server's turn."""
     model_server = _TraceRecordingModelServer()
     threading.Thread(target=model_server.serve_forever, daemon=True).start()
     headers: dict[str, str] = {}
@@ -193,4 +197,4 @@ def test_the_model_server_is_told_the_calls_span_as_its_parent(gateway_provider,
     assert model_server.tracestates == ["vendor=abc,other=1" if from_caller else None]
     if from_caller:
         assert headers["traceparent"].split("-")[1] == f"{context.trace_id:032x}"
-    assert span.start_time <= span.end_time
+    assert span.start_time <= model_server.received_ns[0] <= span.end_time

@@ -1,8 +1,9 @@
 """One model call through the gateway: the request made ready (translated, rewritten, asking for token
 ids), sent upstream on a kept-alive connection, the answer given back as the caller would have had it,
-and the call's span ended. The caller waits for as little of the span as can be: it starts while the
-model server works and, for a whole answer, ends right after the caller has it (a rollout's end waits
-for it: `RouteTable.unregister`); a stream's span ends before its last bytes go.
+and the call's span ended. The caller waits for as little of the span as can be: for a whole answer,
+the span is started (its start time from before) and ended right after the caller has it (a rollout's
+end waits for it: `RouteTable.unregister`); a stream's starts once the caller has its first tokens and
+ends before its last bytes go.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class ModelCalls:
             sent = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
         try:
             url = upstream.upstream_url(base, endpoint, query)
-            answer = await self.pool.post(url, headers, orjson.dumps(sent), while_waiting=call.describe)
+            answer = await self.pool.post(url, headers, orjson.dumps(sent))
         except upstream.UPSTREAM_ERRORS as error:
             self.stats.count("upstream_unavailable")
             message = f"the model server at {base} could not be reached: {type(error).__name__}: {error}"

@@ -20,7 +20,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httptools
@@ -164,11 +164,9 @@ class _Connection(asyncio.Protocol):
 
     # --- the pool's side ----------------------------------------------------------------------
 
-    async def send(self, head: bytes, body: bytes, while_waiting: Callable[[], None] | None) -> ModelServerResponse:
+    async def send(self, head: bytes, body: bytes) -> ModelServerResponse:
         assert self.transport is not None
         self.transport.write(head + body)
-        if while_waiting is not None:
-            while_waiting()
         response = await self._wait()
         assert isinstance(response, ModelServerResponse)
         return response
@@ -275,10 +273,8 @@ class ModelServerPool:
         url: URL,
         headers: Iterable[tuple[str, str]],
         body: bytes,
-        while_waiting: Callable[[], None] | None = None,
     ) -> ModelServerResponse:
-        """Send a POST; returns once the answer's status and headers are in, having run `while_waiting`
-        (work the caller need not wait for) once the request is on its way. A kept connection that the
+        """Send a POST; returns once the answer's status and headers are in. A kept connection that the
         server closed before answering (it timed out its keep-alive as the call went out) is replaced by
         a new one and the call sent once more: the server never saw it."""
         if url.scheme not in ("http", "https") or not url.raw_host:
@@ -288,19 +284,16 @@ class ModelServerPool:
         connection = self._take(key)
         if connection is not None:
             try:
-                return await self._send(connection, head, body, while_waiting)
+                return await self._send(connection, head, body)
             except ModelServerDisconnectedError:
                 if connection.received_any:
                     raise
-            while_waiting = None  # it ran when the request first went out
-        return await self._send(await self._connect(key), head, body, while_waiting)
+        return await self._send(await self._connect(key), head, body)
 
     @staticmethod
-    async def _send(
-        connection: _Connection, head: bytes, body: bytes, while_waiting: Callable[[], None] | None
-    ) -> ModelServerResponse:
+    async def _send(connection: _Connection, head: bytes, body: bytes) -> ModelServerResponse:
         try:
-            return await connection.send(head, body, while_waiting)
+            return await connection.send(head, body)
         except BaseException:  # failed, timed out, or the caller went away: the server must see it close
             connection.close()
             raise

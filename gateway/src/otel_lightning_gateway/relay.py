@@ -178,10 +178,14 @@ async def relay(handler: Any, upstream: ModelServerResponse, reply: Reply) -> No
         first = handler.begin()
         if first:
             await reply.write(first)
+        described = False
         async for data in upstream.iter_any():
             out = b"".join([handler.on_event(event) for event in splitter.feed(data)])
             if out:
                 await reply.write(out)
+                if not described:  # the span's start, once the caller has its first tokens (not at the end)
+                    _call_of(handler).describe()
+                    described = True
         last = splitter.rest()
         tail = (handler.on_event(last) if last is not None else b"") + handler.end()
         finished = True
@@ -204,7 +208,12 @@ async def relay(handler: Any, upstream: ModelServerResponse, reply: Reply) -> No
             upstream.close()  # mid-stream: the model server sees the connection close and stops
 
 
+def _call_of(handler: Any) -> CallSpan:
+    return getattr(handler, "call", None) or handler.chunks.call
+
+
 def _fail_broken_stream(handler: Any, error: Exception) -> None:
     """The model server's connection broke mid-stream: the span says so (the caller's stream just ends)."""
-    call = getattr(handler, "call", None) or handler.chunks.call
-    call.fail("upstream_stream_broken", f"the model server's stream broke off: {type(error).__name__}: {error}")
+    _call_of(handler).fail(
+        "upstream_stream_broken", f"the model server's stream broke off: {type(error).__name__}: {error}"
+    )
