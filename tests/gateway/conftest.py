@@ -1,4 +1,4 @@
-"""Gateway test fixtures: the real gateway (uvicorn on 127.0.0.1) in front of the real vLLM-like stub,
+"""Gateway test fixtures: the real gateway (its own HTTP server on 127.0.0.1) in front of the real vLLM-like stub,
 recording into its own SDK TracerProvider with an in-memory exporter."""
 
 from __future__ import annotations
