@@ -12,6 +12,9 @@ with one pooled httpx client.
 `--burn-control MS` adds a control: the bare proxy spinning MS ms of CPU after each answer, off the
 caller's path. Next to the gateway (give it the gateway's CPU per call minus the bare proxy's), it shows
 how much of the gateway's throughput figure is its CPU alone, taken from the callers' and stub's cores.
+`--count-caller-calls` adds, per way, the Python function calls (frames entered, coroutine resumptions
+included) the callers make per HTTP call, counted by a profile hook in an extra, untimed burst: whether
+the callers do more work through a proxy, or the same work more slowly.
 The callers are httpx clients, as openai-python is.
 
 Latency: one call at a time over a kept-alive connection, the ways alternating by round; "added" =
@@ -20,7 +23,8 @@ a loaded machine wall-clock figures include waiting for a core; CPU figures do n
 `--concurrency` callers for `--seconds` per way, in `--rounds` bursts alternating between the ways.
 
     python benchmarks/gateway_overhead.py [--calls 300] [--rounds 5] [--concurrency 8] [--seconds 5]
-                                          [--old-stack] [--pin] [--burn-control MS] [--json]
+                                          [--old-stack] [--pin] [--burn-control MS] [--count-caller-calls]
+                                          [--json]
 """
 
 from __future__ import annotations
@@ -281,12 +285,33 @@ async def burst(client: httpx.AsyncClient, base_url: str, stream: bool, concurre
     return done
 
 
+async def python_calls_per_call(
+    client: httpx.AsyncClient, base_url: str, stream: bool, concurrency: int, seconds: float
+) -> float:
+    """Python function calls the callers make per HTTP call, counted by a profile hook (it slows them
+    down, so this burst is not one of the timed ones)."""
+    counted = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal counted
+        if event == "call":
+            counted += 1
+
+    sys.setprofile(count)
+    try:
+        done = await burst(client, base_url, stream, concurrency, seconds)
+    finally:
+        sys.setprofile(None)
+    return counted / max(done, 1)
+
+
 async def throughputs(
-    bases: dict[str, str], stream: bool, concurrency: int, seconds: float, rounds: int
-) -> tuple[dict[str, float], dict[str, float]]:
+    bases: dict[str, str], stream: bool, concurrency: int, seconds: float, rounds: int, count_calls: bool = False
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Calls/s per way: `seconds` each, in `rounds` bursts alternating between the ways (as the latency
-    figures do), each way with its own kept-alive client; and the callers' CPU seconds per call (they
-    share this process, and its one core is what bounds the bursts)."""
+    figures do), each way with its own kept-alive client; the callers' CPU seconds per call (they
+    share this process, and its one core is what bounds the bursts); with `count_calls`, the callers'
+    Python function calls per HTTP call (else empty)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     clients = {way: httpx.AsyncClient(timeout=30, limits=limits) for way in bases}
     done = dict.fromkeys(bases, 0)
@@ -302,10 +327,16 @@ async def throughputs(
                 done[way] += await burst(clients[way], base, stream, concurrency, seconds / rounds)
                 spent[way] += time.perf_counter() - began
                 callers_cpu[way] += cpu_seconds(me) - cpu_before
+        python_calls = {
+            way: await python_calls_per_call(clients[way], base, stream, concurrency, 2.0)
+            for way, base in bases.items()
+            if count_calls
+        }
     finally:
         for client in clients.values():
             await client.aclose()
-    return {way: done[way] / spent[way] for way in bases}, {way: callers_cpu[way] / done[way] for way in bases}
+    rates = {way: done[way] / spent[way] for way in bases}
+    return rates, {way: callers_cpu[way] / done[way] for way in bases}, python_calls
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -321,10 +352,15 @@ OLD_STACKS = {"aiohttp proxy": "--serve-aiohttp-proxy", "uvicorn proxy": "--serv
 
 
 def figures_of(
-    found: dict[str, list[float]], cpu_per_call: dict[str, float], rates: dict[str, float], callers: dict[str, float]
+    found: dict[str, list[float]],
+    cpu_per_call: dict[str, float],
+    rates: dict[str, float],
+    callers: dict[str, float],
+    python_calls: dict[str, float],
 ) -> dict:
     """Per way: p50/p99 added over direct (ms), CPU ms per call of the answering process, calls/s and its
-    ratio to direct, and the callers' CPU ms per call in the throughput bursts."""
+    ratio to direct, the callers' CPU ms per call in the throughput bursts (and their Python function
+    calls per HTTP call, when counted)."""
     p50 = {way: percentile(values, 50) * 1000 for way, values in found.items()}
     p99 = {way: percentile(values, 99) * 1000 for way, values in found.items()}
     out: dict[str, dict[str, float]] = {}
@@ -339,6 +375,8 @@ def figures_of(
             "throughput_ratio": round(rates[way] / rates["direct"], 2),
             "callers_cpu_ms_per_call": round(callers[way] * 1000, 3),
         }
+        if way in python_calls:
+            out[way]["callers_python_calls_per_call"] = round(python_calls[way], 1)
     return out
 
 
@@ -360,6 +398,11 @@ def print_table(figures: dict[str, dict[str, dict[str, float]]]) -> None:
             )
     print("CPU per call: of the process that answers (direct: the stub; otherwise the proxy alone).")
     print("Callers' CPU per call: of the one process whose callers make the throughput bursts (its core bounds them).")
+    for mode, ways in figures.items():
+        counted = {way: f.get("callers_python_calls_per_call") for way, f in ways.items()}
+        if None not in counted.values():
+            listed = ", ".join(f"{way} {calls:,.0f}" for way, calls in counted.items())
+            print(f"Callers' Python function calls per HTTP call, {mode}: {listed}")
     plain = figures["plain"]["gateway"]
     for goal, value, met in (
         ("plain p50 added < 1 ms", f"{plain['added_p50_ms']:.2f} ms", plain["added_p50_ms"] < 1.0),
@@ -389,6 +432,11 @@ def main() -> None:
         type=float,
         metavar="MS",
         help="add a control way: the bare proxy spinning MS ms of CPU after each answer (what CPU alone costs)",
+    )
+    parser.add_argument(
+        "--count-caller-calls",
+        action="store_true",
+        help="add the callers' Python function calls per HTTP call, per way (an extra, untimed burst each)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object of figures on the last line")
     parser.add_argument("--serve-gateway", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
@@ -426,8 +474,10 @@ def main() -> None:
         figures: dict[str, dict[str, dict[str, float]]] = {}
         for mode, stream in (("plain", False), ("streamed", True)):
             found, cpu_per_call = latencies(bases, stream, args.calls, args.rounds, processes, args.pin)
-            rates, callers = asyncio.run(throughputs(bases, stream, args.concurrency, args.seconds, args.rounds))
-            figures[mode] = figures_of(found, cpu_per_call, rates, callers)
+            rates, callers, python_calls = asyncio.run(
+                throughputs(bases, stream, args.concurrency, args.seconds, args.rounds, args.count_caller_calls)
+            )
+            figures[mode] = figures_of(found, cpu_per_call, rates, callers, python_calls)
     finally:
         for child in children.values():
             child.terminate()
