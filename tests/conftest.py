@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +57,26 @@ _PROVIDER = TracerProvider()
 ensure_rollout_processor(_PROVIDER)
 _PROVIDER.add_span_processor(_SWITCH)
 trace.set_tracer_provider(_PROVIDER)
+
+
+@pytest.fixture(autouse=True)
+def _close_the_event_loop_a_test_left() -> Iterator[None]:
+    """Libraries leave an event loop open as the thread's default: the Agents SDK's `Runner.run_sync`
+    on purpose (for loop-bound helpers between runs), verl's agent loop by `get_event_loop()` in its
+    constructor. A later `asyncio.run` drops it unclosed, and the garbage collector may then close its
+    self-pipe before the loop ("Exception ignored in BaseEventLoop.__del__ ... Invalid file descriptor:
+    -1" at the end of CI runs). Closed after each test instead."""
+    yield
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:  # none left
+            return
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+    policy.set_event_loop(None)
 
 
 @pytest.fixture

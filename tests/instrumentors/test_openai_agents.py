@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import warnings
 
 import agents
 import pytest
@@ -34,25 +33,6 @@ def instrumented():
     instrumentor.instrument()
     yield instrumentor
     instrumentor.uninstrument()
-
-
-@pytest.fixture(autouse=True)
-def close_the_loop_run_sync_leaves():
-    """`Runner.run_sync` leaves its event loop open as the thread's default, on purpose (for loop-bound
-    helpers between runs). A later `asyncio.run` drops it unclosed, and the garbage collector may then
-    close its self-pipe before the loop ("Exception ignored in BaseEventLoop.__del__ ... Invalid file
-    descriptor: -1", seen once at the end of a CI run). Each test here closes it instead."""
-    yield
-    policy = asyncio.get_event_loop_policy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            loop = policy.get_event_loop()
-        except RuntimeError:  # none left
-            return
-    if not loop.is_running() and not loop.is_closed():
-        loop.close()
-    policy.set_event_loop(None)
 
 
 @pytest.fixture(autouse=True)

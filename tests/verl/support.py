@@ -20,6 +20,16 @@ def padding_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=f"<{byte_chat.pad_id}>")
 
 
+def close_the_loop_verl_took(agent_loop: object) -> None:
+    """verl's AgentLoopBase keeps `get_event_loop()` from its constructor. verl builds agent loops inside
+    its worker's running loop; these tests build them outside one, so that is a new loop no test runs
+    (each runs the agent loop under `asyncio.run`). Closed here: left to the garbage collector, it may
+    have its self-pipe closed before it ("Invalid file descriptor: -1")."""
+    loop = getattr(agent_loop, "loop", None)
+    if loop is not None and not loop.is_running() and not loop.is_closed():
+        loop.close()
+
+
 def postprocessing_worker(prompt_length: int, response_length: int) -> AgentLoopWorker:
     """verl's AgentLoopWorker with just what its post-processing reads (no Ray, no LLM servers)."""
     worker = object.__new__(AgentLoopWorker)

@@ -17,7 +17,7 @@ from verl.experimental.agent_loop.agent_loop import DictConfigWrap
 from otel_lightning.train.sft import token_logprobs
 from otel_lightning.verl.rollout_waiter import RolloutFailedError, RolloutWaiter
 from otel_lightning.worker import SubprocessAgent, Worker
-from tests.verl.support import padding_tokenizer
+from tests.verl.support import close_the_loop_verl_took, padding_tokenizer
 
 CONFIG = Path(__file__).parents[2] / "examples" / "verl" / "agent_loop.yaml"
 
@@ -63,6 +63,7 @@ def agent_loop(collector, policy_server, otlp_export, tmp_path):
         data_config=DictConfigWrap(OmegaConf.create({})),
     )
     yield loop
+    close_the_loop_verl_took(loop)
     worker.stop()
     thread.join(10)
     RolloutWaiter.shared(collector.address).close()

@@ -25,6 +25,7 @@ from otel_lightning.v1 import transitions_pb2 as pb
 from otel_lightning.verl.outputs import MERGED, PER_CALL, MissingTokenIdsError, trajectories
 from otel_lightning.verl.rollout_waiter import RolloutWaiter
 from otel_lightning.worker import SubprocessAgent, Worker
+from tests.verl.support import close_the_loop_verl_took
 from tests.verl.test_agent_loop import CONFIG
 
 # Two LLM calls, a reward; plain OpenAI client code. OPENAI_BASE_URL comes from the task.
@@ -93,7 +94,10 @@ def _run(loop, row: dict):
     async def one():
         return await asyncio.gather(loop.run({"temperature": 1.0}, **row), return_exceptions=True)
 
-    return asyncio.run(one())[0]
+    try:
+        return asyncio.run(one())[0]
+    finally:
+        close_the_loop_verl_took(loop)
 
 
 def test_steps_without_token_ids_fail_the_rollout_naming_the_fix_unless_retokenize_is_on(
