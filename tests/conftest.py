@@ -61,11 +61,11 @@ trace.set_tracer_provider(_PROVIDER)
 
 @pytest.fixture(autouse=True)
 def _close_the_event_loop_a_test_left() -> Iterator[None]:
-    """Libraries leave an event loop open as the thread's default: the Agents SDK's `Runner.run_sync`
-    on purpose (for loop-bound helpers between runs), verl's agent loop by `get_event_loop()` in its
-    constructor. A later `asyncio.run` drops it unclosed, and the garbage collector may then close its
-    self-pipe before the loop ("Exception ignored in BaseEventLoop.__del__ ... Invalid file descriptor:
-    -1" at the end of CI runs). Closed after each test instead."""
+    """A library may leave an event loop open as the thread's default: the Agents SDK's `Runner.run_sync`
+    does, on purpose (for loop-bound helpers between runs). A later `asyncio.run` drops it unclosed, and
+    the garbage collector may then close its self-pipe before the loop ("Exception ignored in
+    BaseEventLoop.__del__ ... Invalid file descriptor: -1" at the end of a CI run). Closed after each
+    test instead. (verl's agent loops keep theirs where this cannot see it: the verl tests close those.)"""
     yield
     policy = asyncio.get_event_loop_policy()
     with warnings.catch_warnings():
