@@ -87,6 +87,10 @@ class ResponsesFromChatRelay:
         self.chunks = ChunkRelay(call, asked, chat=True)
         self.writer = ResponsesEventWriter(body, asked_token_ids=asked is not None and asked.token_ids)
 
+    @property
+    def call(self) -> CallSpan:
+        return self.chunks.call
+
     @staticmethod
     def _encode(events: list[dict[str, Any]]) -> bytes:
         return b"".join(sse.encode(orjson.dumps(event), event["type"]) for event in events)
@@ -184,7 +188,7 @@ async def relay(handler: Any, upstream: ModelServerResponse, reply: Reply) -> No
             if out:
                 await reply.write(out)
                 if not described:  # the span's start, once the caller has its first tokens (not at the end)
-                    _call_of(handler).describe()
+                    handler.call.describe()
                     described = True
         last = splitter.rest()
         tail = (handler.on_event(last) if last is not None else b"") + handler.end()
@@ -208,12 +212,6 @@ async def relay(handler: Any, upstream: ModelServerResponse, reply: Reply) -> No
             upstream.close()  # mid-stream: the model server sees the connection close and stops
 
 
-def _call_of(handler: Any) -> CallSpan:
-    return getattr(handler, "call", None) or handler.chunks.call
-
-
 def _fail_broken_stream(handler: Any, error: Exception) -> None:
     """The model server's connection broke mid-stream: the span says so (the caller's stream just ends)."""
-    _call_of(handler).fail(
-        "upstream_stream_broken", f"the model server's stream broke off: {type(error).__name__}: {error}"
-    )
+    handler.call.fail("upstream_stream_broken", f"the model server's stream broke off: {type(error).__name__}: {error}")
