@@ -327,11 +327,10 @@ async def throughputs(
                 done[way] += await burst(clients[way], base, stream, concurrency, seconds / rounds)
                 spent[way] += time.perf_counter() - began
                 callers_cpu[way] += cpu_seconds(me) - cpu_before
-        python_calls = {
-            way: await python_calls_per_call(clients[way], base, stream, concurrency, 2.0)
-            for way, base in bases.items()
-            if count_calls
-        }
+        python_calls: dict[str, float] = {}
+        if count_calls:
+            for way, base in bases.items():
+                python_calls[way] = await python_calls_per_call(clients[way], base, stream, concurrency, 2.0)
     finally:
         for client in clients.values():
             await client.aclose()

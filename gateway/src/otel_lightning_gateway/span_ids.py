@@ -1,6 +1,7 @@
 """A call's span ids, chosen before its span starts: the request goes to the model server with its
 `traceparent` at once, and the span is started (the SDK's bookkeeping: ~0.2 ms of CPU a call on the
-2-core test machine, a quarter of the gateway's) when the call has ended, the caller already answered.
+2-core test machine, a quarter of the gateway's) once the caller has its answer (a stream's caller: its
+first tokens).
 
 The SDK has no way to start a span with given ids, but it lets a tracer's `IdGenerator` be replaced:
 `ChosenSpanIds` wraps the tracer's own and hands out the chosen ids to the very next `start_span`.
