@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register_policy_server(subparsers)
+        from otel_lightning.train.train_cli import register as register_train
+
+        register_train(subparsers)
     from otel_lightning.optimize.cli import register as register_optimize
 
     register_optimize(subparsers)  # eval, optimize-prompt

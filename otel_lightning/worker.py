@@ -92,6 +92,7 @@ class SubprocessAgent:
     collector: str | None = None
     auto_instrument: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None  # where the command runs (default: the worker's directory)
 
     def __call__(self, task_input: Any, openai_base_url: str | None = None, *, through_gateway: bool = False) -> str:
         """Run the command for one task; `openai_base_url` (the task's own, or its gateway URL) overrides the
@@ -114,7 +115,13 @@ class SubprocessAgent:
             command = [_opentelemetry_instrument(), *command]
         try:
             done = subprocess.run(
-                command, input=payload, env=env, capture_output=True, text=True, timeout=self.timeout_s
+                command,
+                input=payload,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+                cwd=self.cwd,
             )
         except subprocess.TimeoutExpired as error:
             raise TimeoutError(f"agent command ran past {self.timeout_s:g}s: {' '.join(self.command)}") from error

@@ -64,3 +64,65 @@ def demonstrations(
         prompt = tokenizer.encode_prompt([user, call, {"role": "tool", "content": task["answer"]}], "calculator")
         examples.append((prompt, [*tokenizer.encode_text(task["answer"]), tokenizer.eos_id]))
     return examples
+
+
+# What `otel-lightning train examples/calc_agent/train.yaml` reads (tasks.train, tasks.eval, sft.demonstrations).
+TRAIN_STEPS = 50  # steps' worth of training tasks: more than the demo's GRPO steps use
+TASKS_PER_STEP = 16
+
+
+def train_tasks(seed: int = 0) -> list[dict[str, Any]]:
+    """Training questions in GRPO-step order (the config keeps their order: step k gets the k-th 16)."""
+    return [
+        {"task_id": task_id, "input": task}
+        for step in range(TRAIN_STEPS)
+        for task_id, task in make_tasks(TASKS_PER_STEP, seed=seed * 1000 + step, prefix=f"train-{step}")
+    ]
+
+
+def eval_tasks(seed: int = 0, count: int = 100) -> list[dict[str, Any]]:
+    """Held-out questions: none is among the demonstrations' or the training tasks' questions."""
+    trained_on = {task["question"] for _, task in make_tasks(DEMONSTRATIONS, seed, "demo")}
+    trained_on |= {record["input"]["question"] for record in train_tasks(seed)}
+    tasks = heldout_tasks(count, seed=10_000 + seed, prefix="heldout", trained_on=trained_on)
+    return [{"task_id": task_id, "input": task} for task_id, task in tasks]
+
+
+DEMONSTRATIONS = 4000
+
+
+def demonstration_conversations(seed: int = 0, count: int = DEMONSTRATIONS) -> list[dict[str, Any]]:
+    """`demonstrations` as conversations in the OpenAI fine-tuning layout, which `train` re-encodes with the
+    student's own chat template. A guess and the turn after a calculator reply are two conversations (the
+    call before that reply is context, `"weight": 0`), so the first turns keep their mix."""
+    rng = random.Random(seed)
+    conversations = []
+    tools = [CALCULATOR_TOOL]
+    for _, task in make_tasks(count, seed, "demo"):
+        user = {"role": "user", "content": task["question"]}
+        expression = task["question"].removeprefix("What is ").removesuffix("?")
+        call = {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expression}}}
+            ],
+        }
+        after_tool = [{"role": "tool", "content": task["answer"]}, {"role": "assistant", "content": task["answer"]}]
+        if rng.random() < TOOL_SHARE:
+            conversations.append({"messages": [user, call, *after_tool], "tools": tools})
+        else:
+            guess = {"role": "assistant", "content": guess_for(task["answer"], rng)}
+            conversations.append({"messages": [user, guess], "tools": tools})
+            conversations.append({"messages": [user, {**call, "weight": 0}, *after_tool], "tools": tools})
+    return conversations
+
+
+CALCULATOR_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression such as 17+25.",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+    },
+}

@@ -18,7 +18,7 @@ class RetokenizeError(ValueError):
     """The step's messages cannot be encoded (no readable state or action)."""
 
 
-def _assistant_ids(tokenizer: ChatTokenizer, action: dict[str, Any], default_tool: str | None) -> list[int]:
+def assistant_ids(tokenizer: ChatTokenizer, action: dict[str, Any], default_tool: str | None) -> list[int]:
     """The ids of the model's turn, as they follow `encode_prompt`'s generation marker, ending at end-of-turn."""
     encode_message = getattr(tokenizer, "encode_message", None)
     if encode_message is not None:  # the byte tokenizer: its assistant message starts with the marker
@@ -56,4 +56,4 @@ def retokenize(
         raise RetokenizeError("the step has no assistant output to encode")
     tools = state.get("tools") if isinstance(state.get("tools"), list) else None
     prompt = tokenizer.encode_prompt(messages, default_tool, tools)
-    return prompt, _assistant_ids(tokenizer, action, default_tool)
+    return prompt, assistant_ids(tokenizer, action, default_tool)

@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,10 @@ class RolloutRecord:
     retried: bool = False  # another attempt of the sample comes
 
 
+class CollectAbortedError(RuntimeError):
+    """Waiting for rollout groups was given up: the reason is the message."""
+
+
 class RolloutGroups:
     """Reads the collector's stream in the background; `collect` waits for whole groups.
 
@@ -111,16 +116,24 @@ class RolloutGroups:
         except BaseException as error:  # surfaced to collect()
             self._events.put(error)
 
-    def collect(self, expected: dict[str, int], timeout_s: float) -> dict[str, list[RolloutRecord]]:
-        """Rollouts of the expected tasks (task id -> group size), once every group is whole or time is up."""
+    def collect(
+        self, expected: dict[str, int], timeout_s: float, abort: Callable[[], str | None] | None = None
+    ) -> dict[str, list[RolloutRecord]]:
+        """Rollouts of the expected tasks (task id -> group size), once every group is whole or time is up.
+
+        `abort`, asked about twice a second while waiting, may give a reason to stop: it is raised as
+        `CollectAbortedError` (a run whose agent fails every rollout must not wait out the timeout)."""
         deadline = time.monotonic() + timeout_s
         while not all(self._counted(task) >= size for task, size in expected.items()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 logger.warning("groups incomplete after %.0fs; training on what arrived", timeout_s)
                 break
+            reason = abort() if abort is not None else None
+            if reason:
+                raise CollectAbortedError(reason)
             try:
-                item = self._events.get(timeout=remaining)
+                item = self._events.get(timeout=min(remaining, 0.5))
             except queue.Empty:
                 continue
             if isinstance(item, BaseException):
@@ -348,16 +361,15 @@ class GRPOTrainer:
             model.set_adapter(self.policy.adapters[agent])  # only this adapter is in the graph and trainable
         model.train()
         ids, attention = pad_batch(batch.sequences, self.policy.tokenizer.pad_id)
-        loss_mask = pad_batch(batch.masks, 0)[0][:, 1:].float()
         logprobs = token_logprobs(model, ids, attention)
+        loss_mask = pad_batch(batch.masks, 0)[0][:, 1:].float().to(logprobs.device)
         old_logprobs = logprobs.detach().clone()
         for row, given in enumerate(batch.old):
             if given is not None:
                 start = int(batch.masks[row].index(1)) - 1
                 old_logprobs[row, start : start + len(given)] = torch.tensor(given)
-        loss, loss_stats = clipped_policy_loss(
-            logprobs, old_logprobs, torch.tensor(batch.advantages), loss_mask, self.config.clip_ratio
-        )
+        advantages = torch.tensor(batch.advantages, device=logprobs.device)
+        loss, loss_stats = clipped_policy_loss(logprobs, old_logprobs, advantages, loss_mask, self.config.clip_ratio)
         if self.policy_per_agent and self.config.kl_to_base:
             with torch.no_grad(), model.disable_adapter():  # the frozen base: the reference, at no extra memory
                 base_logprobs = token_logprobs(model, ids, attention)
