@@ -14,6 +14,22 @@ from otel_lightning.train.tokenizer import ChatTokenizer
 
 logger = logging.getLogger(__name__)
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
+    """A dtype by name; None is float32 (what training expects), "auto" bf16 on a CUDA device that has it."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or auto")
+    return DTYPES[dtype]
+
 
 @dataclass
 class Generation:
@@ -53,6 +69,20 @@ class TorchPolicy:
         parameters = inspect.signature(base.forward).parameters
         self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are: inputs are made there."""
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> TorchPolicy:
+        """Move the model (with its adapters) to `device`, cast to `dtype` when one is given; returns self."""
+        with self.lock:
+            if dtype is None:
+                self.model.to(device)
+            else:
+                self.model.to(device=device, dtype=resolve_dtype(dtype, device))
+        return self
+
     def adapter_key(self, agent: str | None) -> str:
         """The adapter that answers `agent`; "__base__" (peft's name for the base model) when it has none."""
         key = self.adapters.get(agent or "")
@@ -75,6 +105,9 @@ class TorchPolicy:
         for row, request in enumerate(requests):
             ids[row, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
             mask[row, width - len(request.prompt_ids) :] = 1
+        device = self.device
+        ids, mask = ids.to(device), mask.to(device)
+        # Sampling runs on the CPU (one [B, V] copy a step): seeded generators give the same tokens on any device.
         generators = [torch.Generator().manual_seed(r.seed) if r.seed is not None else None for r in requests]
         outputs = [Generation([], [], "length") for _ in requests]
         active = [True] * len(requests)
@@ -95,7 +128,7 @@ class TorchPolicy:
                     **routing,
                 )
                 cache = getattr(output, self._cache_argument)
-                logits = output.logits[:, -1].float()
+                logits = output.logits[:, -1].float().cpu()
                 log_probs = torch.log_softmax(logits, dim=-1)
                 next_ids = torch.full((len(requests), 1), pad, dtype=torch.long)
                 for row, request in enumerate(requests):
@@ -111,8 +144,8 @@ class TorchPolicy:
                         active[row] = False
                 if not any(active):
                     break
-                step_ids = next_ids
-                mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=torch.long)], dim=1)
+                step_ids = next_ids.to(device)
+                mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=torch.long, device=device)], dim=1)
                 positions = positions[:, -1:] + 1
             return outputs, self.version
 

@@ -2,6 +2,7 @@
 
 otel-lightning policy-server --model tiny --checkpoint runs/calc_agent/checkpoint.pt --port 8000
 otel-lightning policy-server --model smollm2
+otel-lightning policy-server --model runs/calc_agent/hf --device cuda   # a Hugging Face folder (save_hf_checkpoint)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from otel_lightning.train.policies import build_policy
+    from otel_lightning.train.policies import build_policy, check_model_source
     from otel_lightning.train.policy_server import PolicyServer
     from otel_lightning.train.trainer import load_policy
 
@@ -22,8 +23,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.api_key_file:
         # A key in a file (or the environment) is not on the command line, which every local user sees.
         api_key = Path(args.api_key_file).read_text().strip()
-    policy = build_policy(args.model, hidden=args.hidden, layers=args.layers)
     try:  # a missing or damaged file: one line that names it, not a traceback
+        check_model_source(args.model)  # before minutes of loading weights
+        policy = build_policy(args.model, hidden=args.hidden, layers=args.layers, device=args.device, dtype=args.dtype)
         if args.checkpoint:
             load_policy(policy, args.checkpoint)  # with its agents' adapters, when it has them
         if args.adapters:
@@ -52,10 +54,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from otel_lightning.train.policies import MODELS
+    from otel_lightning.train.policies import MODEL_HELP
 
     parser = subparsers.add_parser("policy-server", help="serve a policy on an OpenAI-compatible endpoint")
-    parser.add_argument("--model", choices=MODELS, default="tiny", help="smollm2: `make install-smollm2` first")
+    parser.add_argument("--model", default="tiny", help=MODEL_HELP + " (e.g. one save_hf_checkpoint wrote)")
+    parser.add_argument(
+        "--device",
+        default=os.environ.get("LIGHTNING_POLICY_DEVICE", "cpu"),
+        help="torch device of the model: cpu, cuda, cuda:1 (env LIGHTNING_POLICY_DEVICE)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16", "auto"),
+        default=os.environ.get("LIGHTNING_POLICY_DTYPE") or None,
+        help="weights' dtype; auto: bfloat16 on a CUDA device that has it (env LIGHTNING_POLICY_DTYPE; default"
+        " float32)",
+    )
     parser.add_argument("--checkpoint", help="checkpoint.pt of a training run (its weights and policy version)")
     parser.add_argument(
         "--adapters",

@@ -25,7 +25,9 @@ def pad_batch(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor
 
 
 def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log p(ids[:, t] | ids[:, :t]) for t >= 1, shape [B, T-1]."""
+    """log p(ids[:, t] | ids[:, :t]) for t >= 1, shape [B, T-1], on the model's device (the inputs are moved there)."""
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
 
@@ -68,6 +70,7 @@ def warm_start(
             for row, (prompt, completion) in enumerate(batch):
                 loss_mask[row, len(prompt) : len(prompt) + len(completion)] = 1.0
             logprobs = token_logprobs(policy.model, ids, mask)
+            loss_mask = loss_mask.to(logprobs.device)
             loss = -(logprobs * loss_mask[:, 1:]).sum() / loss_mask[:, 1:].sum()
             optimizer.zero_grad()
             loss.backward()
