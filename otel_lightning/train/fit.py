@@ -156,7 +156,9 @@ class Run:
             if before_at is True or before_at not in (config.stages or []):
                 before_at = (config.stages or [None])[0] if before_at else None
             for stage in config.stages or []:
-                if stage in self.progress["stages_done"]:
+                # A grpo stage resumed with more steps than it ran goes on; any other stage done is done.
+                more_steps = stage == "grpo" and self.progress["grpo_steps_done"] < config.grpo.steps
+                if stage in self.progress["stages_done"] and not more_steps:
                     continue
                 if stage == before_at and self.prepared.eval_tasks and "before" not in figures:
                     figures["before"] = self._evaluate(services, "before")
@@ -168,7 +170,8 @@ class Run:
                 else:
                     self._grpo(services, tracker)
                 self.lap(stage, mark)
-                self.progress["stages_done"].append(stage)
+                if stage not in self.progress["stages_done"]:
+                    self.progress["stages_done"].append(stage)
                 self.save_progress()
             if config.evaluation.after and self.prepared.eval_tasks:
                 figures["after"] = self._evaluate(services, "after")

@@ -24,6 +24,10 @@ from otel_lightning.train.trainer import GRPOTrainer, RolloutRecord
 logger = logging.getLogger(__name__)
 
 
+class StageError(RuntimeError):
+    """A stage that cannot go on (nothing to train on); the message says why."""
+
+
 def demonstrations_from_teacher(
     services: TrainingServices, sft: SFTConfig, tasks: list[TaskRecord], seed: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -100,7 +104,8 @@ def run_sft(
         shown = ", ".join(f"{count} {reason}" for reason, count in figures["left_out"].items())
         tqdm.write(f"sft: kept {len(conversations)} conversations ({len(examples)} turns); left out: {shown}")
     if not examples:
-        raise RuntimeError(f"sft: nothing to train on ({figures})")
+        left_out = ", ".join(f"{count} {reason}" for reason, count in (figures.get("left_out") or {}).items())
+        raise StageError(f"sft: nothing to train on from the {figures['source']} (left out: {left_out or 'none'})")
     bar = tqdm(total=sft.steps, desc=f"sft ({figures['source']})", unit="step", mininterval=1.0)
 
     def step(index: int, loss: float) -> None:

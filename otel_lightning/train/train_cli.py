@@ -16,6 +16,7 @@ import sys
 def _train(args: argparse.Namespace) -> int:
     from otel_lightning.train.config import ConfigError
     from otel_lightning.train.fit import fit
+    from otel_lightning.train.stages import StageError
     from otel_lightning.train.trainer import CollectAbortedError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -24,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"otel-lightning train: {error}", file=sys.stderr)
         return 2
-    except CollectAbortedError as error:
+    except (CollectAbortedError, StageError) as error:
         print(f"otel-lightning train: stopped: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
