@@ -19,7 +19,7 @@ NODE_AGENT := examples/node_agent/node_modules/.installed
 # Arize Phoenix, the trace backend of tests/collector/test_peers.py, pins what clashes with ours: a venv of its own.
 PHOENIX := .venv-phoenix/.installed
 
-.PHONY: install install-smollm2 test lint demo quickstart bench protos clean lock
+.PHONY: install install-smollm2 test lint demo quickstart bench protos clean lock prometheus
 
 install: $(STAMP) $(NODE_AGENT) $(PHOENIX)
 
@@ -57,12 +57,20 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/generate_protos.py --check
 
-test: lint
+# Prometheus scrapes the collector's metrics in tests/collector/test_peers.py (Debian's package).
+PROMETHEUS := $(shell command -v prometheus 2>/dev/null)
+prometheus:
+ifeq ($(PROMETHEUS),)
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q --no-install-recommends prometheus
+endif
+
+test: lint prometheus
 	$(PY) -m pytest -q
 
 # The demo needs the Python parts only: not the Node example's packages nor the Phoenix venv (tests only).
 demo: $(STAMP)
-	$(PY) examples/calc_agent/train.py --out runs/calc_agent
+	$(VENV)/bin/otel-lightning train examples/calc_agent/train.yaml
 
 quickstart: install
 	bash examples/quickstart/run.sh

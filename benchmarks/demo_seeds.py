@@ -27,11 +27,14 @@ def run_seed(seed: int, out: Path, extra: list[str]) -> dict:
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "examples" / "calc_agent" / "train.py"),
-            "--out",
-            str(out),
-            "--seed",
-            str(seed),
+            "-m",
+            "otel_lightning.cli",
+            "train",
+            str(ROOT / "examples" / "calc_agent" / "train.yaml"),
+            "--set",
+            f"out={out}",
+            "--set",
+            f"seed={seed}",
             *extra,
         ],
         cwd=ROOT,
@@ -63,7 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("extra", nargs="*", help="more train.py arguments (after --)")
+    parser.add_argument(
+        "extra", nargs="*", help="more `otel-lightning train` arguments (after --), e.g. -- --set grpo.steps=20"
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as scratch:

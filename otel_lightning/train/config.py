@@ -14,13 +14,19 @@ is a `ConfigError` naming the key and the file.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 STAGE_NAMES = ("sft", "grpo")
 
@@ -46,6 +52,14 @@ class AgentConfig(_Section):
     env: dict[str, str] = Field(default_factory=dict)
     # Stop the run when this many rollouts in a row failed (the agent's last stderr is shown); 0: never.
     max_consecutive_failures: int = Field(8, ge=0)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_as_text(cls, value: Any) -> Any:
+        # `RECEIPT_MAX_TOKENS: 16` in YAML is a number; the environment holds text.
+        if isinstance(value, dict):
+            return {key: item if isinstance(item, str) else json.dumps(item) for key, item in value.items()}
+        return value
 
     @field_validator("command", mode="before")
     @classmethod

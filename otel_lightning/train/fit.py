@@ -252,6 +252,8 @@ class Run:
             "config": self.config.model_dump(mode="json"),
             "held_out_reward_before": figures.get("before", {}).get("reward"),
             "held_out_reward_after": figures.get("after", {}).get("reward"),
+            "held_out_greedy_before": figures.get("before", {}).get("greedy"),
+            "held_out_greedy_after": figures.get("after", {}).get("greedy"),
             "held_out": {key: figures[key] for key in ("before", "after") if key in figures},
             "held_out_tasks": len(self.prepared.eval_tasks),
             "sft": figures.get("sft"),

@@ -131,3 +131,33 @@ def test_an_agent_that_fails_every_rollout_stops_the_run_with_its_stderr(tmp_pat
     last = result.stderr.strip().splitlines()[-1]
     assert "failed 3 rollouts in a row" in last or "failed" in last
     assert "the API key is missing: set MY_API_KEY" in last
+
+
+def test_a_users_agent_trains_smollm2_and_its_checkpoint_reloads(tmp_path, openai_stub):
+    out = tmp_path / "smollm2"
+    result = train(
+        RECEIPT,
+        f"out={out}",
+        "model.name=smollm2",
+        f"sft.teacher.url={openai_stub.base_url}",
+        "sft.teacher.tasks=2",
+        "sft.steps=2",
+        "sft.batch_size=4",
+        "agent.env.RECEIPT_MAX_TOKENS=16",
+        "evaluation.greedy=false",
+        *SMALL_GRPO,
+        timeout=900,
+    )
+    finished(result)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policy"] == "smollm2-135m" and summary["sft"]["kept_conversations"] >= 2
+    assert summary["grpo_steps"] == 1 and summary["curve"][0]["prompt_tokens"] > 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from otel_lightning.train.policies import build_policy
+
+    folder = out / "checkpoint"
+    assert AutoModelForCausalLM.from_pretrained(folder).config.model_type == "llama"
+    assert AutoTokenizer.from_pretrained(folder).chat_template
+    reloaded = build_policy(str(folder))
+    assert reloaded.version == summary["policy_version"]
