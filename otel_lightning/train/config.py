@@ -108,7 +108,13 @@ class ModelConfig(_Section):
     lora: LoraConfig | None = None  # LoRA instead of full fine-tuning (one adapter per agent with policy_per_agent)
     policy_per_agent: bool = False
     torch_threads: int = Field(0, ge=0)  # 0: 1 for the tiny model, every core otherwise
-    max_tokens: int | None = Field(None, ge=1)  # a cap the policy server applies to each answer
+
+    @model_validator(mode="after")
+    def _lora_is_per_agent(self) -> ModelConfig:
+        # The trainer's LoRA path is one adapter per agent; a single shared adapter is not built yet.
+        if self.lora is not None and not self.policy_per_agent:
+            raise ValueError("lora needs policy_per_agent: true (one adapter per agent); without it, full weights")
+        return self
 
 
 class TeacherConfig(_Section):

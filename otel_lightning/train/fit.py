@@ -75,11 +75,6 @@ def _trainer(config: TrainConfig, policy: Any) -> Any:
         retokenize=grpo.retokenize,
         kl_to_base=grpo.kl_to_base if config.model.policy_per_agent else 0.0,
     )
-    if config.model.lora is not None and not config.model.policy_per_agent:
-        from otel_lightning.train.adapters import add_adapter
-
-        add_adapter(policy, "", policy.lora_settings)  # one adapter for every agent: LoRA instead of full weights
-        return GRPOTrainer(policy, trainer_config, policy_per_agent=True)
     return GRPOTrainer(policy, trainer_config, policy_per_agent=config.model.policy_per_agent)
 
 
