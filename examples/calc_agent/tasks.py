@@ -6,6 +6,7 @@ import random
 from collections.abc import Collection
 from typing import Any
 
+from examples.calc_agent.agent import CALCULATOR
 from otel_lightning.train.tokenizer import ByteChatTokenizer
 
 OPERATORS = "+-*"
@@ -97,7 +98,7 @@ def demonstration_conversations(seed: int = 0, count: int = DEMONSTRATIONS) -> l
     call before that reply is context, `"weight": 0`), so the first turns keep their mix."""
     rng = random.Random(seed)
     conversations = []
-    tools = [CALCULATOR_TOOL]
+    tools = [CALCULATOR]  # the agent's own tool definition
     for _, task in make_tasks(count, seed, "demo"):
         user = {"role": "user", "content": task["question"]}
         expression = task["question"].removeprefix("What is ").removesuffix("?")
@@ -116,13 +117,3 @@ def demonstration_conversations(seed: int = 0, count: int = DEMONSTRATIONS) -> l
             conversations.append({"messages": [user, guess], "tools": tools})
             conversations.append({"messages": [user, {**call, "weight": 0}, *after_tool], "tools": tools})
     return conversations
-
-
-CALCULATOR_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "description": "Evaluate an arithmetic expression such as 17+25.",
-        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
-    },
-}

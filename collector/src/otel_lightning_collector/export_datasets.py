@@ -208,20 +208,26 @@ def _write_jsonl(records: Iterator[tuple[dict[str, Any], int]], path: Path, left
     return written
 
 
+def _selected_rollouts(db: sqlite3.Connection, selection: Selection, left_out: LeftOut) -> dict[str, StoredRollout]:
+    """The completed rollouts the selection keeps, by id; each one left out is counted with its reason."""
+    rollouts, without_events = export_store.completed_rollouts(db)
+    if without_events:
+        left_out.add(RETENTION, "rollout", "whose events retention deleted", without_events)
+    selected = {}
+    for rollout in rollouts:
+        found = selection.reason_to_leave_out(rollout)
+        if found is None:
+            selected[rollout.rollout_id] = rollout
+        else:
+            left_out.add(found[0], "rollout", found[1])
+    return selected
+
+
 def export(store: str | Path, out: Path, selection: Selection, wanted: Wanted, limit: int | None = None) -> str:
     """Write the dataset to `out`; returns the summary line."""
     left_out = LeftOut()
     with export_store.open_store(store) as db:
-        rollouts, without_events = export_store.completed_rollouts(db)
-        if without_events:
-            left_out.add(RETENTION, "rollout", "whose events retention deleted", without_events)
-        selected = {}
-        for rollout in rollouts:
-            found = selection.reason_to_leave_out(rollout)
-            if found is None:
-                selected[rollout.rollout_id] = rollout
-            else:
-                left_out.add(found[0], "rollout", found[1])
+        selected = _selected_rollouts(db, selection, left_out)
         with _replacing(out) as path:
             if wanted.format == "verl":
                 unit, samples = "task", {}
@@ -245,16 +251,7 @@ def conversations_from_store(
     selection = Selection(statuses=statuses, min_reward=min_reward)
     wanted = Wanted(format="openai")
     with export_store.open_store(store) as db:
-        rollouts, without_events = export_store.completed_rollouts(db)
-        if without_events:
-            left_out.add(RETENTION, "rollout", "whose events retention deleted", without_events)
-        selected = {}
-        for rollout in rollouts:
-            found = selection.reason_to_leave_out(rollout)
-            if found is None:
-                selected[rollout.rollout_id] = rollout
-            else:
-                left_out.add(found[0], "rollout", found[1])
+        selected = _selected_rollouts(db, selection, left_out)
         conversations = [
             {"messages": record["messages"], "tools": record.get("tools") or None}
             for record, _ in jsonl_records(db, selected, wanted, left_out)
